@@ -72,4 +72,5 @@ class ASPP(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.project(torch.cat([branch(x) for branch in self.convs], dim=1))
+        out: Tensor = self.project(torch.cat([branch(x) for branch in self.convs], dim=1))
+        return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +35,8 @@ class DeepLabV3Head(nn.Module):
         self.classifier = nn.Conv2d(ASPP_CHANNELS, num_classes, 1)
 
     def forward(self, features: Features) -> Tensor:
-        return self.classifier(self.block(self.aspp(features.high)))
+        out: Tensor = self.classifier(self.block(self.aspp(features.high)))
+        return out
 
 
 class DeepLabV3PlusHead(nn.Module):
@@ -62,10 +64,7 @@ class DeepLabV3PlusHead(nn.Module):
         self.low_level = ConvBNReLU(info.low_channels, LOW_LEVEL_CHANNELS, 1)
         widths = [LOW_LEVEL_CHANNELS + ASPP_CHANNELS] + [ASPP_CHANNELS] * decoder_convs
         self.fuse = nn.Sequential(
-            *(
-                conv3x3_block(cin, cout, separable=separable)
-                for cin, cout in zip(widths[:-1], widths[1:], strict=True)
-            )
+            *(conv3x3_block(cin, cout, separable=separable) for cin, cout in pairwise(widths))
         )
         self.classifier = nn.Conv2d(ASPP_CHANNELS, num_classes, 1)
 
@@ -74,7 +73,8 @@ class DeepLabV3PlusHead(nn.Module):
         high = F.interpolate(
             self.aspp(features.high), size=low.shape[-2:], mode="bilinear", align_corners=False
         )
-        return self.classifier(self.fuse(torch.cat([low, high], dim=1)))
+        out: Tensor = self.classifier(self.fuse(torch.cat([low, high], dim=1)))
+        return out
 
 
 class FCNHead(nn.Sequential):

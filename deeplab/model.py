@@ -41,7 +41,7 @@ class DeepLab(nn.Module):
         return _resize(self.forward_logits(x), x)
 
     def forward_with_aux(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Main and auxiliary logits at the input size (the auxiliary is None without an aux head)."""
+        """Main and auxiliary logits at the input size (auxiliary None without an aux head)."""
         features = self.backbone(x)
         out = _resize(self.head(features), x)
         if self.aux_head is None or features.aux is None:

@@ -1,0 +1,1 @@
+"""Feature extractors with atrous convolution, one module per family."""
