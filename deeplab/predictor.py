@@ -1,0 +1,121 @@
+"""Batched inference: uint8 images in, uint8 class and confidence maps out.
+
+Normalization, upsampling, argmax and confidence all happen on the device, so the only copies
+back to the host are two uint8 maps per image; logits never leave the device.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from deeplab.meta import ModelMeta
+from deeplab.model import DeepLab
+from deeplab.preprocess import Normalizer
+
+Precision = Literal["float32", "bfloat16", "float16"]
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    class_map: np.ndarray  # HxW uint8 class ids at the requested output size
+    confidence: np.ndarray  # HxW uint8: max softmax probability x 255, rounded
+    mean_confidence: float  # 0..1, over all pixels
+    low_confidence_share: float  # share of pixels whose max probability is below the threshold
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without it is an error, not a fallback."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
+    return resolved
+
+
+class Predictor:
+    """Runs a model over batches of RGB uint8 images of any (and mixed) sizes.
+
+    Images of one shape share a forward pass; different shapes get separate passes rather than
+    padding, because padding changes the ASPP image-pooling branch and so the prediction itself.
+    Batch images by size upstream to keep passes full.
+    """
+
+    def __init__(
+        self,
+        model: DeepLab,
+        meta: ModelMeta,
+        *,
+        device: str = "auto",
+        precision: Precision | None = None,
+        channels_last: bool = True,
+        low_confidence: float = 0.5,
+    ) -> None:
+        self.device = resolve_device(device)
+        on_cuda = self.device.type == "cuda"
+        self.precision: Precision = precision or ("bfloat16" if on_cuda else "float32")
+        if self.precision == "float16" and not on_cuda:
+            raise ValueError("float16 inference needs CUDA; use bfloat16 or float32 on the CPU")
+        self.channels_last = channels_last
+        self.low_confidence = low_confidence
+        self.meta = meta
+        self.model = model.eval().to(self.device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self._normalize = Normalizer(meta, self.device)
+
+    def predict(
+        self,
+        images: Sequence[np.ndarray],
+        output_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> list[Prediction]:
+        """One :class:`Prediction` per image, in order; ``output_sizes`` (h, w) default to each
+        image's own size (pass the original size when the image was downscaled for the model)."""
+        sizes = list(output_sizes) if output_sizes is not None else [im.shape[:2] for im in images]
+        if len(sizes) != len(images):
+            raise ValueError(f"{len(images)} images but {len(sizes)} output sizes")
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, image in enumerate(images):
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(
+                    f"image {i}: expected HxWx3 uint8, not {image.dtype} {image.shape}"
+                )
+            groups[image.shape].append(i)
+        results: list[Prediction | None] = [None] * len(images)
+        with torch.inference_mode():
+            for indices in groups.values():
+                logits = self._forward(np.stack([images[i] for i in indices]))
+                for row, i in enumerate(indices):
+                    results[i] = self._decode(logits[row : row + 1], tuple(sizes[i]))
+        return [r for r in results if r is not None]
+
+    def _forward(self, batch: np.ndarray) -> torch.Tensor:
+        host = torch.from_numpy(batch)
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        device_batch = host.to(self.device, non_blocking=True)
+        x = self._normalize(device_batch, channels_last=self.channels_last)
+        dtype = _DTYPES[self.precision]
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            logits: torch.Tensor = self.model.forward_logits(x)
+        return logits
+
+    def _decode(self, logits: torch.Tensor, size: tuple[int, ...]) -> Prediction:
+        up = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)[0]
+        top, classes = up.max(dim=0)
+        confidence = torch.exp(up - top).sum(dim=0).reciprocal()  # max softmax, without softmax
+        low_share = (confidence < self.low_confidence).float().mean()
+        return Prediction(
+            class_map=classes.to(torch.uint8).cpu().numpy(),
+            confidence=(confidence * 255).round_().to(torch.uint8).cpu().numpy(),
+            mean_confidence=float(confidence.mean()),
+            low_confidence_share=float(low_share),
+        )
