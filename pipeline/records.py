@@ -22,3 +22,30 @@ class Region:
     bbox: tuple[int, int, int, int]  # x, y, w, h of the mask, as pycocotools' toBbox
     polygons: tuple[Polygon, ...]
     rle: str  # COCO compressed RLE counts at the image's (height, width)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRecord:
+    """One row per listed image, labeled or not: the run's ledger of what happened to each."""
+
+    image_id: str
+    key: str  # path relative to the source, as people name the file
+    uri: str
+    shard: str
+    status: str  # "ok" or "failed"
+    error: str | None  # why it failed, naming the file
+    size_bytes: int
+    content_hash: str | None  # sha256 of the bytes, once read
+    width: int | None  # oriented original size: outputs are at this size
+    height: int | None
+    model_width: int | None  # size the model saw after the resolution policy
+    model_height: int | None
+    mode: str | None  # PIL mode before conversion to RGB
+    frames: int | None  # > 1: an animation or multi-page file, first frame labeled
+    region_count: int
+    mean_confidence: float | None
+    low_confidence_share: float | None
+    read_ms: float
+    decode_ms: float
+    predict_ms: float  # the image's share of its batch's forward pass
+    regions_ms: float

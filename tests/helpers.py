@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
+from pycocotools import mask as mask_utils
 from torch import nn
 
 
@@ -22,3 +26,25 @@ def randomize_batchnorm_(model: nn.Module, seed: int = 1) -> nn.Module:
                 m.weight.copy_(torch.rand(n, generator=g) + 0.5)
                 m.bias.copy_(torch.randn(n, generator=g) * 0.1)
     return model
+
+
+def rasterize(polygons: Sequence[Sequence[Sequence[float]]], height: int, width: int) -> np.ndarray:
+    """The reference rasterizer: pycocotools fills each ring; exteriors minus their holes,
+    unioned over polygons."""
+
+    def fill(ring: Sequence[float]) -> np.ndarray:
+        rle = mask_utils.frPyObjects([list(ring)], height, width)
+        return np.asarray(mask_utils.decode(rle)[:, :, 0], bool)
+
+    out = np.zeros((height, width), bool)
+    for exterior, *holes in polygons:
+        part = fill(exterior)
+        for hole in holes:
+            part &= ~fill(hole)
+        out |= part
+    return out
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 1.0

@@ -1,0 +1,81 @@
+"""Mask to polygons traced along pixel edges, so that pycocotools re-rasterizes them exactly.
+
+Contours through pixel centres lose half a pixel all round (a 50x50 square comes back as
+2401 px), so rings here run on the edges, in COCO's pixel-corner coordinates: pixel (x, y)
+covers [x, x+1) x [y, y+1).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from pipeline.records import Polygon, Ring
+
+__all__ = ["polygons_from_mask"]
+
+_DILATE = np.ones((3, 3), np.uint8)
+
+
+def polygons_from_mask(
+    mask: npt.NDArray[np.bool_], *, x0: int = 0, y0: int = 0, tolerance: float = 0.5
+) -> tuple[Polygon, ...]:
+    """Polygons (exterior, then holes) of a mask, shifted by (x0, y0) into image coordinates.
+
+    ``tolerance`` is the Douglas-Peucker distance in pixels; 0 keeps the exact pixel
+    boundary. A ring the simplification would shrink under 3 points is kept exact, so
+    1-pixel regions and 1-pixel lines still rasterize to their pixels.
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
+    height, width = mask.shape
+    # Grid point (2y+1, 2x+1) is pixel (y, x); even indices are its edges and corners. The
+    # dilation covers each pixel's corners, so the outer layer of the grid's foreground is
+    # the pixel boundary, and diagonal neighbours share a corner point (8-connectivity).
+    grid = np.zeros((2 * height + 1, 2 * width + 1), np.uint8)
+    grid[1::2, 1::2] = mask
+    grid = cv2.dilate(grid, _DILATE)
+    contours, hierarchy = cv2.findContours(grid, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return ()
+    rings = [_simplified(_corner_ring(np.asarray(c, np.int32)), tolerance) for c in contours]
+    polygons: list[Polygon] = []
+    # RETR_CCOMP: hierarchy rows are (next, previous, first child, parent); two levels only,
+    # exteriors at the top and their holes as children.
+    links = hierarchy[0]
+    for index, (_, _, child, parent) in enumerate(links):
+        if parent != -1:
+            continue
+        polygon = [_flat(rings[index], (x0, y0))]
+        while child != -1:
+            polygon.append(_flat(rings[child], (x0, y0)))
+            child = links[child][0]
+        polygons.append(tuple(polygon))
+    return tuple(polygons)
+
+
+def _corner_ring(points: npt.NDArray[np.int32]) -> npt.NDArray[np.int32]:
+    """Corners of a ring traced on the grid, in pixel units and tracing order.
+
+    The tracer cuts each concave corner with a diagonal step from an edge point (even, odd)
+    to an (odd, even) one, or back; the true corner takes the even coordinate of each. So
+    each point moves to the coordinate-wise even end of its step, which puts every point
+    on the pixel boundary and every corner on the ring; Douglas-Peucker at 0 then keeps
+    just the corners.
+    """
+    points = points.reshape(-1, 2)
+    following = np.concatenate((points[1:], points[:1]))
+    path = np.where(points & 1, following, points)
+    return np.asarray(cv2.approxPolyDP(path, 0, closed=True), np.int32).reshape(-1, 2) // 2
+
+
+def _simplified(ring: npt.NDArray[np.int32], tolerance: float) -> npt.NDArray[np.int32]:
+    if tolerance == 0:
+        return ring
+    simple = np.asarray(cv2.approxPolyDP(ring, tolerance, closed=True), np.int32).reshape(-1, 2)
+    return ring if len(simple) < 3 else simple
+
+
+def _flat(ring: npt.NDArray[np.int32], origin: tuple[int, int]) -> Ring:
+    return tuple((ring + origin).ravel().astype(float).tolist())

@@ -1,0 +1,274 @@
+"""Regions against references built the slow way: full-image masks and pycocotools."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from pycocotools import mask as mask_utils
+from pydantic import ValidationError
+
+from pipeline.records import Region
+from pipeline.regions import RegionPolicy, regions_from_class_map
+from tests.helpers import iou, rasterize
+
+POLICY = RegionPolicy()
+
+
+def random_blobs(
+    rng: np.random.Generator, *, shape: tuple[int, int], num_classes: int
+) -> np.ndarray:
+    """Argmax of smooth random logits, pierced by pinholes of other classes."""
+    logits = cv2.GaussianBlur(rng.random((*shape, num_classes)), (0, 0), 3)
+    class_map: np.ndarray = logits.argmax(axis=2).astype(np.uint8)
+    pinholes = rng.random(shape) < 0.01
+    class_map[pinholes] = rng.integers(0, num_classes, int(pinholes.sum()), dtype=np.uint8)
+    return class_map
+
+
+def reference_components(class_map: np.ndarray, policy: RegionPolicy) -> list[tuple[int, Any]]:
+    """(class, full component mask) in the promised order: class, then first raster pixel."""
+    found = []
+    for class_id in np.unique(class_map).tolist():
+        if class_id == policy.background:
+            continue
+        mask = (class_map == class_id).astype(np.uint8)
+        count, labels = cv2.connectedComponents(mask, connectivity=8)
+        for label in range(1, count):
+            component = labels == label
+            if component.sum() >= policy.min_area:
+                found.append((class_id, int(np.argmax(component.ravel())), component))
+    found.sort(key=lambda item: item[:2])
+    return [(class_id, component) for class_id, _, component in found]
+
+
+def coco_rle(mask: np.ndarray) -> dict[str, Any]:
+    rle: dict[str, Any] = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return rle
+
+
+def regions(
+    class_map: np.ndarray, confidence: np.ndarray | None = None, **policy: Any
+) -> list[Region]:
+    if confidence is None:
+        confidence = np.full(class_map.shape, 255, np.uint8)
+    return regions_from_class_map(
+        class_map, confidence, image_id="img", policy=RegionPolicy(**policy)
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (97, 131),  # odd and not square: a transposed mask fails
+        (131, 97),  # the same, taller than wide
+        (64, 64),  # square
+    ],
+)
+def test_regions_match_full_mask_references(seed: int, shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(seed)
+    class_map = random_blobs(rng, shape=shape, num_classes=5)
+    confidence = rng.integers(0, 256, shape, dtype=np.uint8)
+    found = regions_from_class_map(class_map, confidence, image_id="a", policy=POLICY)
+    expected = reference_components(class_map, POLICY)
+    assert [(r.class_id, r.rle) for r in found] == [
+        (class_id, coco_rle(mask)["counts"].decode("ascii")) for class_id, mask in expected
+    ]
+    assert any(len(r.polygons[0]) > 1 for r in found)  # some regions have holes
+    for region, (_, mask) in zip(found, expected, strict=True):
+        rle = {"size": list(shape), "counts": region.rle.encode("ascii")}
+        assert region.image_id == "a"
+        assert region.area == int(mask_utils.area(rle)) == int(mask.sum())
+        assert list(region.bbox) == mask_utils.toBbox(rle).tolist()
+        assert region.score == pytest.approx(confidence[mask].mean() / 255)
+        assert len(region.polygons) == 1  # one component, one exterior
+        assert iou(rasterize(region.polygons, *shape), mask) >= 0.98
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    arrays(
+        np.uint8,
+        st.tuples(st.integers(1, 20), st.integers(1, 20)),
+        elements=st.integers(0, 3),
+    )
+)
+def test_every_component_of_speckled_maps_is_found(class_map: np.ndarray) -> None:
+    """Speckle nests islands in holes in islands: each must be one region, exactly."""
+    policy = RegionPolicy(min_area=1, background=None)
+    found = regions_from_class_map(class_map, np.zeros_like(class_map), image_id="a", policy=policy)
+    expected = reference_components(class_map, policy)
+    assert [(r.class_id, r.rle) for r in found] == [
+        (class_id, coco_rle(mask)["counts"].decode("ascii")) for class_id, mask in expected
+    ]
+    assert sum(r.area for r in found) == class_map.size
+
+
+@pytest.mark.parametrize(
+    ("size", "at"),
+    [
+        (50, (7, 11)),  # 2500 px, not the 2401 of centre-line contours
+        (5, (0, 0)),  # 25 px in the corner
+        (5, (92, 126)),  # 25 px in the opposite corner of the odd-sized image
+    ],
+)
+def test_square_comes_back_exactly(size: int, at: tuple[int, int]) -> None:
+    class_map = np.zeros((97, 131), np.uint8)
+    y, x = at
+    class_map[y : y + size, x : x + size] = 3
+    (region,) = regions(class_map)
+    assert (region.class_id, region.area, region.bbox) == (3, size * size, (x, y, size, size))
+    ((ring,),) = region.polygons
+    assert len(ring) == 8
+    mask = class_map == 3
+    assert iou(rasterize(region.polygons, 97, 131), mask) == 1.0
+
+
+def test_hole_has_a_ring_and_island_in_it_is_its_own_region() -> None:
+    class_map = np.zeros((9, 11), np.uint8)
+    class_map[1:8, 1:10] = 1
+    class_map[2:7, 2:9] = 0  # the hole
+    class_map[4, 5] = 1  # an island of the same class in it
+    ring, island = regions(class_map, min_area=1)
+    assert len(ring.polygons) == 1 and len(ring.polygons[0]) == 2  # exterior and hole
+    assert ring.area == 7 * 9 - 5 * 7
+    assert island.area == 1 and island.bbox == (5, 4, 1, 1)
+    without_island = class_map == 1
+    without_island[4, 5] = False
+    np.testing.assert_array_equal(rasterize(ring.polygons, 9, 11), without_island)
+    assert ring.rle == coco_rle(without_island)["counts"].decode("ascii")
+
+
+@pytest.mark.parametrize(
+    ("shape", "pixels", "count"),
+    [
+        ((1, 1), [(0, 0)], 1),  # 1x1 image
+        ((1, 7), [(0, 3)], 1),  # one row
+        ((7, 1), [(6, 0)], 1),  # one column, last pixel
+        ((3, 3), [(0, 0), (1, 1), (2, 2)], 1),  # diagonal pixels are one component (8-conn.)
+        ((3, 3), [(0, 0), (0, 2), (2, 0), (2, 2)], 4),  # corners only: four components
+    ],
+)
+def test_one_pixel_regions(
+    shape: tuple[int, int], pixels: list[tuple[int, int]], count: int
+) -> None:
+    class_map = np.zeros(shape, np.uint8)
+    for y, x in pixels:
+        class_map[y, x] = 2
+    found = regions(class_map, min_area=1)
+    assert len(found) == count
+    mask = class_map == 2
+    union = np.zeros(shape, bool)
+    for region in found:
+        union |= rasterize(region.polygons, *shape)
+    np.testing.assert_array_equal(union, mask)
+    assert sum(r.area for r in found) == len(pixels)
+
+
+@pytest.mark.parametrize(
+    ("min_area", "areas"),
+    [
+        (1, [1, 4, 16]),  # everything
+        (4, [4, 16]),  # the lone pixel goes
+        (5, [16]),  # and the 2x2
+        (16, [16]),  # the default keeps exactly 16
+        (17, []),  # nothing is that big
+    ],
+)
+def test_min_area_drops_small_components(min_area: int, areas: list[int]) -> None:
+    class_map = np.zeros((13, 17), np.uint8)
+    class_map[0, 0] = 1
+    class_map[3:5, 3:5] = 1
+    class_map[8:12, 10:14] = 1
+    assert [r.area for r in regions(class_map, min_area=min_area)] == areas
+
+
+@pytest.mark.parametrize(
+    ("background", "classes"),
+    [
+        (0, [1]),  # the default: class 0 yields nothing
+        (1, [0]),  # any class can be the background
+        (None, [0, 1]),  # no background: every class yields regions
+        (7, [0, 1]),  # a background class that is absent changes nothing
+    ],
+)
+def test_background_yields_no_regions(background: int | None, classes: list[int]) -> None:
+    class_map = np.zeros((20, 20), np.uint8)
+    class_map[5:15, 5:15] = 1
+    found = regions(class_map, background=background)
+    assert sorted({r.class_id for r in found}) == classes
+
+
+def test_all_background_gives_nothing() -> None:
+    assert regions(np.zeros((31, 17), np.uint8)) == []
+
+
+def test_whole_image_region_runs_across_columns() -> None:
+    class_map = np.full((31, 17), 4, np.uint8)
+    (region,) = regions(class_map)
+    assert region.rle == coco_rle(class_map == 4)["counts"].decode("ascii")
+    assert (region.area, region.bbox) == (31 * 17, (0, 0, 17, 31))
+
+
+def test_order_is_class_then_first_pixel() -> None:
+    class_map = np.zeros((20, 20), np.uint8)
+    class_map[10:14, 0:4] = 2  # class 2, lower
+    class_map[0:4, 12:16] = 2  # class 2, upper: comes first
+    class_map[15:19, 15:19] = 1  # class 1: before all of class 2
+    class_map[9:13, 8:12] = 2  # class 2, box starts higher but first pixel is row 9
+    found = regions(class_map)
+    assert [(r.class_id, r.bbox[1], r.bbox[0]) for r in found] == [
+        (1, 15, 15),
+        (2, 0, 12),
+        (2, 9, 8),
+        (2, 10, 0),
+    ]
+
+
+def test_score_is_mean_confidence_over_the_pixels() -> None:
+    class_map = np.zeros((8, 8), np.uint8)
+    class_map[2:6, 2:6] = 1
+    confidence = np.zeros((8, 8), np.uint8)
+    confidence[2:6, 2:6] = np.arange(16, dtype=np.uint8).reshape(4, 4) * 17
+    (region,) = regions(class_map, confidence)
+    assert region.score == pytest.approx(7.5 * 17 / 255)
+
+
+@pytest.mark.parametrize(
+    ("class_map", "confidence", "message"),
+    [
+        (np.zeros((4, 4), np.int32), np.zeros((4, 4), np.uint8), "class_map must be 2-D uint8"),
+        (np.zeros((4, 4, 1), np.uint8), np.zeros((4, 4, 1), np.uint8), "class_map must be 2-D"),
+        (np.zeros((4, 4), np.uint8), np.zeros((4, 5), np.uint8), "confidence must be uint8"),
+        (np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.float32), "confidence must be uint8"),
+    ],
+)
+def test_bad_inputs_are_refused(
+    class_map: np.ndarray, confidence: np.ndarray, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        regions_from_class_map(class_map, confidence, image_id="a", policy=POLICY)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"min_aera": 4},  # a typo fails by name
+        {"min_area": 0},  # at least one pixel
+        {"simplify_tolerance": -0.1},  # a distance
+    ],
+)
+def test_policy_refuses_bad_fields(fields: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        RegionPolicy(**fields)
+
+
+def test_policy_is_frozen() -> None:
+    with pytest.raises(ValidationError):
+        POLICY.min_area = 3  # type: ignore[misc]

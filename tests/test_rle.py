@@ -1,0 +1,112 @@
+"""Crop RLEs against pycocotools' own encoder on the full, Fortran-ordered mask."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from pycocotools import mask as mask_utils
+
+from pipeline.rle import area_of_rle, bbox_of_rle, rle_from_crop, run_lengths_from_crop
+
+# pycocotools' decode predates NumPy 2's __array__(copy=...) and warns on every call.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+def placed(crop: np.ndarray, *, x0: int, y0: int, height: int, width: int) -> np.ndarray:
+    full = np.zeros((height, width), np.uint8)
+    full[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop
+    return full
+
+
+def encoded(full: np.ndarray) -> dict[str, Any]:
+    """The reference: pycocotools on the whole mask, column-major as it requires."""
+    rle: dict[str, Any] = mask_utils.encode(np.asfortranarray(full.astype(np.uint8)))
+    return rle
+
+
+ONES_2X3 = np.ones((2, 3), bool)
+
+
+@pytest.mark.parametrize(
+    ("crop", "x0", "y0", "height", "width"),
+    [
+        (np.ones((1, 1), bool), 0, 0, 7, 5),  # first pixel: the leading zero run is empty
+        (np.ones((1, 1), bool), 4, 6, 7, 5),  # last pixel: no trailing zero run
+        (np.ones((7, 5), bool), 0, 0, 7, 5),  # whole image: counts are [0, h*w]
+        (np.zeros((3, 2), bool), 1, 2, 7, 5),  # empty crop: one run of zeros
+        (ONES_2X3, 1, 5, 7, 5),  # touches the bottom; runs in one column stay apart
+        (np.ones((7, 2), bool), 2, 0, 7, 5),  # full height: columns join into one run
+        (np.array([[1], [0], [1]], bool), 3, 0, 3, 4),  # full height, a gap in the column
+        (np.array([[0, 1], [1, 1], [1, 0]], bool), 1, 0, 3, 3),  # full height, bottom-top join
+        (np.eye(4, 6, dtype=bool), 3, 2, 97, 131),  # odd size: a transposed crop fails here
+    ],
+)
+def test_rle_from_crop_matches_pycocotools_encode(
+    crop: np.ndarray, x0: int, y0: int, height: int, width: int
+) -> None:
+    full = placed(crop, x0=x0, y0=y0, height=height, width=width)
+    counts = rle_from_crop(crop, x0=x0, y0=y0, height=height, width=width)
+    assert counts == encoded(full)["counts"].decode("ascii")
+
+
+@st.composite
+def crops_on_images(draw: st.DrawFn) -> tuple[np.ndarray, int, int, int, int]:
+    height = draw(st.integers(1, 40))
+    width = draw(st.integers(1, 40))
+    y0 = draw(st.integers(0, height - 1))
+    x0 = draw(st.integers(0, width - 1))
+    crop_height = draw(st.integers(1, height - y0))
+    crop_width = draw(st.integers(1, width - x0))
+    crop = draw(arrays(np.bool_, (crop_height, crop_width)))
+    return crop, x0, y0, height, width
+
+
+@settings(max_examples=400, deadline=None)
+@given(crops_on_images())
+def test_rle_area_and_bbox_match_pycocotools(case: tuple[np.ndarray, int, int, int, int]) -> None:
+    crop, x0, y0, height, width = case
+    full = placed(crop, x0=x0, y0=y0, height=height, width=width)
+    reference = encoded(full)
+    counts = rle_from_crop(crop, x0=x0, y0=y0, height=height, width=width)
+    assert counts == reference["counts"].decode("ascii")
+    assert area_of_rle(counts, height=height, width=width) == int(mask_utils.area(reference))
+    assert area_of_rle(counts, height=height, width=width) == int(full.sum())
+    expected_bbox = [int(v) for v in mask_utils.toBbox(reference)]
+    assert list(bbox_of_rle(counts, height=height, width=width)) == expected_bbox
+
+
+@settings(max_examples=200, deadline=None)
+@given(crops_on_images())
+def test_run_lengths_decode_to_the_placed_crop(case: tuple[np.ndarray, int, int, int, int]) -> None:
+    crop, x0, y0, height, width = case
+    runs = run_lengths_from_crop(crop, x0=x0, y0=y0, height=height, width=width)
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": runs.tolist()}, height, width)
+    expected = placed(crop, x0=x0, y0=y0, height=height, width=width)
+    np.testing.assert_array_equal(mask_utils.decode(rle), expected)
+    assert int(runs.sum()) == height * width
+    assert (runs[1:] > 0).all()  # only the leading zero run may be empty, as COCO writes it
+
+
+@pytest.mark.parametrize(
+    ("x0", "y0", "shape"),
+    [
+        (-1, 0, (2, 2)),  # left of the image
+        (0, -1, (2, 2)),  # above the image
+        (4, 0, (2, 2)),  # sticks out on the right of a 5-wide image
+        (0, 6, (2, 2)),  # sticks out at the bottom of a 7-high image
+    ],
+)
+def test_crop_outside_the_image_is_refused(x0: int, y0: int, shape: tuple[int, int]) -> None:
+    with pytest.raises(ValueError, match="outside the 5x7 image"):
+        rle_from_crop(np.ones(shape, bool), x0=x0, y0=y0, height=7, width=5)
+
+
+def test_bbox_of_an_empty_rle_is_zero() -> None:
+    counts = rle_from_crop(np.zeros((2, 2), bool), x0=0, y0=0, height=4, width=4)
+    assert area_of_rle(counts, height=4, width=4) == 0
+    assert bbox_of_rle(counts, height=4, width=4) == (0, 0, 0, 0)
