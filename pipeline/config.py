@@ -1,0 +1,41 @@
+"""Run configuration: one validated model at the boundary, from flags, ``PRELABEL_*`` or code.
+
+A typo in a field name fails by name (``extra="forbid"``) instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.regions import RegionPolicy
+
+
+def _default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+class RunConfig(BaseSettings):
+    """Everything that decides what an annotate run reads, computes and writes.
+
+    Environment variables ``PRELABEL_<FIELD>`` (``PRELABEL_REGIONS__MIN_AREA`` for nested
+    fields) fill what the caller leaves out.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="PRELABEL_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    source: str  # a folder (or, later, an object-store prefix) of images
+    out: str  # the run folder
+    model: str = "demo"  # "demo" (bundled) or a checkpoint path: prelabel, torchvision or VainF
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    batch_size: int = Field(8, ge=1, le=1024)
+    max_side: int = Field(1024, ge=16)  # longer image side seen by the model; never upscaled
+    max_pixels: int = Field(100_000_000, ge=1)  # larger images are refused before decoding
+    shard_size: int = Field(256, ge=1)  # images per shard: the unit of work, retry and resume
+    workers: int = Field(default_factory=_default_workers, ge=1)  # read + decode threads
+    low_confidence: float = Field(0.5, gt=0, lt=1)  # max-softmax below this counts as doubtful
+    regions: RegionPolicy = RegionPolicy()

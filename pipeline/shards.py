@@ -1,0 +1,229 @@
+"""A shard: a few hundred images read, decoded, predicted, turned into regions and written.
+
+The shard is the unit of work for orchestration (one task each), for retries and for resume;
+its two Parquet files appear whole when it ends, or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import deeplab
+from pipeline import progress
+from pipeline.config import RunConfig
+from pipeline.decode import DecodedImage, DecodeError, decode_image
+from pipeline.models import load_predictor
+from pipeline.records import ImageRecord, Region
+from pipeline.regions import regions_from_class_map
+from pipeline.run_folder import RunLayout
+from pipeline.storage import ObjectInfo, StorageError, storage_for
+from pipeline.tables import images_table, regions_table, write_table
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    shard_id: str
+    items: tuple[ObjectInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ShardResult:
+    shard_id: str
+    images: int
+    failed: tuple[tuple[str, str], ...]  # (key, reason)
+    regions: int
+    class_counts: dict[int, int]
+    seconds: float
+
+
+def plan_shards(items: Sequence[ObjectInfo], shard_size: int) -> list[Shard]:
+    return [
+        Shard(shard_id=f"shard-{i // shard_size:05d}", items=tuple(items[i : i + shard_size]))
+        for i in range(0, len(items), shard_size)
+    ]
+
+
+def image_id_for(key: str) -> str:
+    """Stable per source path, so runs of different models over one folder join on it."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dataclass(slots=True)
+class _Loaded:
+    item: ObjectInfo
+    image: DecodedImage | None
+    error: str | None
+    read_ms: float
+    decode_ms: float
+
+
+@dataclass(slots=True)
+class _Outputs:
+    regions: list[Region] = field(default_factory=list)
+    images: list[ImageRecord] = field(default_factory=list)
+
+
+def process_shard(shard: Shard, config: RunConfig) -> ShardResult:
+    """Label every image of the shard and write ``records/`` and ``images/`` for it."""
+    start = time.perf_counter()
+    predictor = load_predictor(config.model, config.device, config.low_confidence)
+    source = storage_for(config.source)
+
+    def load(item: ObjectInfo) -> _Loaded:
+        t0 = time.perf_counter()
+        try:
+            data = source.read(item.uri)
+        except StorageError as exc:
+            return _Loaded(item, None, str(exc), _ms(t0), 0.0)
+        read_ms, t1 = _ms(t0), time.perf_counter()
+        try:
+            image = decode_image(
+                item.uri, data, max_side=config.max_side, max_pixels=config.max_pixels
+            )
+        except DecodeError as exc:
+            return _Loaded(item, None, str(exc), read_ms, _ms(t1))
+        return _Loaded(item, image, None, read_ms, _ms(t1))
+
+    out = _Outputs()
+    buckets: dict[tuple[int, ...], list[_Loaded]] = defaultdict(list)
+    with ThreadPoolExecutor(config.workers, thread_name_prefix="decode") as pool:
+        for loaded in _bounded_map(pool, load, shard.items, ahead=2 * config.workers):
+            if loaded.image is None:
+                out.images.append(_failed(loaded, shard.shard_id))
+                progress.advanced(1, failed=1)
+                continue
+            bucket = buckets[loaded.image.pixels.shape]
+            bucket.append(loaded)
+            if len(bucket) == config.batch_size:
+                _label_batch(bucket, predictor, config, shard.shard_id, out)
+                bucket.clear()
+        for bucket in buckets.values():
+            if bucket:
+                _label_batch(bucket, predictor, config, shard.shard_id, out)
+
+    # Batches follow image sizes, not names: order rows by key so outputs don't depend on it.
+    out.images.sort(key=lambda r: r.key)
+    key_of = {r.image_id: r.key for r in out.images}
+    regions = sorted(out.regions, key=lambda r: key_of[r.image_id])  # stable: keeps region order
+    layout = RunLayout(storage_for(config.out), config.out)
+    write_table(
+        layout.storage,
+        layout.records(shard.shard_id),
+        regions_table(regions, predictor.meta.class_names),
+    )
+    write_table(layout.storage, layout.images(shard.shard_id), images_table(out.images))
+    counts: dict[int, int] = defaultdict(int)
+    for region in out.regions:
+        counts[region.class_id] += 1
+    return ShardResult(
+        shard_id=shard.shard_id,
+        images=len(out.images),
+        failed=tuple((r.key, r.error or "") for r in out.images if r.status == "failed"),
+        regions=len(out.regions),
+        class_counts=dict(sorted(counts.items())),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _label_batch(
+    batch: list[_Loaded],
+    predictor: deeplab.Predictor,
+    config: RunConfig,
+    shard_id: str,
+    out: _Outputs,
+) -> None:
+    images = [b.image for b in batch if b.image is not None]
+    t0 = time.perf_counter()
+    predictions = predictor.predict(
+        [i.pixels for i in images], [(i.height, i.width) for i in images]
+    )
+    predict_ms = _ms(t0) / len(images)
+    for loaded, image, prediction in zip(batch, images, predictions, strict=True):
+        t1 = time.perf_counter()
+        image_id = image_id_for(loaded.item.key)
+        regions = regions_from_class_map(
+            prediction.class_map, prediction.confidence, image_id=image_id, policy=config.regions
+        )
+        out.regions += regions
+        out.images.append(
+            ImageRecord(
+                image_id=image_id,
+                key=loaded.item.key,
+                uri=loaded.item.uri,
+                shard=shard_id,
+                status="ok",
+                error=None,
+                size_bytes=loaded.item.size,
+                content_hash=image.content_hash,
+                width=image.width,
+                height=image.height,
+                model_width=image.pixels.shape[1],
+                model_height=image.pixels.shape[0],
+                mode=image.mode,
+                frames=image.frames,
+                region_count=len(regions),
+                mean_confidence=prediction.mean_confidence,
+                low_confidence_share=prediction.low_confidence_share,
+                read_ms=loaded.read_ms,
+                decode_ms=loaded.decode_ms,
+                predict_ms=predict_ms,
+                regions_ms=_ms(t1),
+            )
+        )
+    progress.advanced(len(images))
+
+
+def _failed(loaded: _Loaded, shard_id: str) -> ImageRecord:
+    log.warning("%s", loaded.error)
+    return ImageRecord(
+        image_id=image_id_for(loaded.item.key),
+        key=loaded.item.key,
+        uri=loaded.item.uri,
+        shard=shard_id,
+        status="failed",
+        error=loaded.error,
+        size_bytes=loaded.item.size,
+        content_hash=None,
+        width=None,
+        height=None,
+        model_width=None,
+        model_height=None,
+        mode=None,
+        frames=None,
+        region_count=0,
+        mean_confidence=None,
+        low_confidence_share=None,
+        read_ms=loaded.read_ms,
+        decode_ms=loaded.decode_ms,
+        predict_ms=0.0,
+        regions_ms=0.0,
+    )
+
+
+def _bounded_map(
+    pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], ahead: int
+) -> Iterator[R]:
+    """``pool.map`` in order, but with at most ``ahead`` items in flight, so memory stays
+    bounded however long the input is."""
+    pending: deque[Future[R]] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1000

@@ -1,0 +1,105 @@
+"""Where images come from and runs go: one small interface per URI scheme.
+
+Writes are atomic everywhere: a reader sees a whole file or none, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+
+
+class StorageError(OSError):
+    """A read, write or listing that failed; the message names the URI."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    uri: str  # absolute: what ``read`` takes
+    key: str  # relative to the listed prefix, '/'-separated: what people recognise
+    size: int
+    etag: str | None  # a change token where the store has one (S3); None for local files
+
+
+class Storage(Protocol):
+    def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+    def read(self, uri: str) -> bytes: ...
+    def write_atomic(self, uri: str, data: bytes) -> None: ...
+    def exists(self, uri: str) -> bool: ...
+    def join(self, base: str, *parts: str) -> str: ...
+    def ensure_writable(self, prefix: str) -> None: ...
+
+
+class LocalStorage:
+    """Files on a local or mounted file system; URIs are paths."""
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every file under ``prefix`` in sorted order, skipping hidden files and folders."""
+        root = Path(prefix)
+        if not root.is_dir():
+            raise StorageError(f"{prefix}: not a folder")
+        for folder, dirs, files in os.walk(root, onerror=_raise):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(f for f in files if not f.startswith(".")):
+                path = Path(folder) / name
+                try:
+                    size = path.stat().st_size
+                except OSError as exc:
+                    raise StorageError(f"{path}: cannot stat ({exc.strerror})") from exc
+                key = PurePosixPath(*path.relative_to(root).parts).as_posix()
+                yield ObjectInfo(uri=str(path), key=key, size=size, etag=None)
+
+    def read(self, uri: str) -> bytes:
+        try:
+            return Path(uri).read_bytes()
+        except OSError as exc:
+            raise StorageError(f"{uri}: cannot read ({exc.strerror})") from exc
+
+    def write_atomic(self, uri: str, data: bytes) -> None:
+        """Temp file in the same folder, fsync, rename over the target."""
+        path = Path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            Path(tmp).replace(path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def exists(self, uri: str) -> bool:
+        return Path(uri).exists()
+
+    def join(self, base: str, *parts: str) -> str:
+        return str(Path(base).joinpath(*parts))
+
+    def ensure_writable(self, prefix: str) -> None:
+        """Create the folder if needed; fail now, not after the first shard's work."""
+        path = Path(prefix)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"{prefix}: cannot create the output folder ({exc.strerror})"
+            ) from exc
+        if not os.access(path, os.W_OK):
+            raise StorageError(f"{prefix}: output folder is not writable")
+
+
+def _raise(exc: OSError) -> None:
+    raise StorageError(f"{exc.filename}: cannot list ({exc.strerror})") from exc
+
+
+def storage_for(uri: str) -> Storage:
+    """The storage that serves ``uri``'s scheme."""
+    if "://" not in uri:
+        return LocalStorage()
+    scheme = uri.split("://", 1)[0]
+    raise ValueError(f"{uri}: unsupported storage scheme {scheme!r}; give a local folder")
