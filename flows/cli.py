@@ -1,0 +1,196 @@
+"""``prelabel``: the command line, a thin layer over the flows.
+
+Exit codes: 0 every image labeled, 3 some images failed (listed), 2 the run could not start.
+A user's mistake gets one line naming what is wrong, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from deeplab import CheckpointError
+from pipeline import progress
+from pipeline.annotate import RunError, RunSummary, preflight
+from pipeline.config import RunConfig
+from pipeline.storage import StorageError
+
+EXIT_OK, EXIT_CANNOT_START, EXIT_SOME_FAILED = 0, 2, 3
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console(stderr=True)
+
+
+@app.callback()
+def main() -> None:
+    """Pre-label images for semantic segmentation with DeepLabV3+."""
+
+
+@app.command()
+def annotate(
+    source: Annotated[str, typer.Argument(help="Folder of images (searched recursively).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Run folder to write.")],
+    model: Annotated[
+        str | None, typer.Option(help="'demo' (bundled) or a checkpoint file.")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per forward pass.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    max_side: Annotated[
+        int | None, typer.Option(help="Longer side the model sees; larger images are downscaled.")
+    ] = None,
+    shard_size: Annotated[int | None, typer.Option(help="Images per shard (task).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Read/decode threads.")] = None,
+) -> None:
+    """Label every image under SOURCE and write records, images table and COCO to --out."""
+    flags: dict[str, Any] = {
+        "model": model,
+        "batch_size": batch_size,
+        "device": device,
+        "max_side": max_side,
+        "shard_size": shard_size,
+        "workers": workers,
+    }
+    try:
+        config = RunConfig(
+            source=source, out=out, **{k: v for k, v in flags.items() if v is not None}
+        )
+    except ValidationError as exc:
+        _cannot_start("; ".join(_describe(e) for e in exc.errors()))
+    try:
+        preflight(config)
+    except (RunError, StorageError, CheckpointError, ValueError) as exc:
+        _cannot_start(str(exc))
+    summary = _run(config)
+    _print_summary(summary)
+    if summary.failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _run(config: RunConfig) -> RunSummary:
+    # Prefect reads its settings when first imported; these defaults suit a local one-shot run
+    # (no analytics calls from an offline machine, time for a slow first server start).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    from flows.annotate import annotate_flow
+
+    listener: _BarListener | _LogListener = (
+        _BarListener() if console.is_terminal else _LogListener()
+    )
+    with listener, progress.listening(listener):
+        return annotate_flow(config)
+
+
+def _cannot_start(reason: str) -> NoReturn:
+    console.print(f"[bold red]prelabel: cannot start:[/] {reason}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_CANNOT_START)
+
+
+def _describe(error: object) -> str:
+    loc = ".".join(str(p) for p in error["loc"])  # type: ignore[index]
+    return f"{loc}: {error['msg']}"  # type: ignore[index]
+
+
+class _BarListener:
+    """A rich progress bar with images/s and ETA, for terminals."""
+
+    def __init__(self) -> None:
+        self.bar = Progress(
+            TextColumn("[bold]labeling"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} img/s"),
+            TextColumn("{task.fields[failed]} failed"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.task = self.bar.add_task("labeling", total=None, rate="-", failed=0, start=False)
+        self.start = time.perf_counter()
+        self.failed = 0
+
+    def __enter__(self) -> _BarListener:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def started(self, total_images: int) -> None:
+        self.start = time.perf_counter()
+        self.bar.update(self.task, total=total_images)
+        self.bar.start_task(self.task)
+
+    def advanced(self, images: int, failed: int) -> None:
+        self.failed += failed
+        done = self.bar.tasks[0].completed + images
+        rate = done / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.update(self.task, advance=images, rate=f"{rate:.1f}", failed=self.failed)
+
+
+class _LogListener:
+    """Plain lines for logs and pipes: at most one every few seconds, plus the last."""
+
+    def __init__(self, every_seconds: float = 5.0) -> None:
+        self.every = every_seconds
+        self.total = self.done = self.failed = 0
+        self.start = self.last = time.perf_counter()
+
+    def __enter__(self) -> _LogListener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def started(self, total_images: int) -> None:
+        self.total = total_images
+        self.start = self.last = time.perf_counter()
+        print(f"labeling {total_images} images", file=sys.stderr, flush=True)
+
+    def advanced(self, images: int, failed: int) -> None:
+        self.done += images
+        self.failed += failed
+        now = time.perf_counter()
+        if now - self.last >= self.every or self.done >= self.total:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            print(
+                f"labeled {self.done}/{self.total} images ({rate:.2f} img/s, {self.failed} failed)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _print_summary(summary: RunSummary) -> None:
+    table = Table(title="prelabel annotate", show_header=False, title_justify="left")
+    table.add_row("images labeled", f"{summary.labeled}/{summary.images}")
+    table.add_row("regions", str(summary.regions))
+    for name, count in summary.class_counts.items():
+        table.add_row(f"  {name}", str(count))
+    table.add_row("time", f"{summary.seconds:.1f} s ({summary.images_per_second:.2f} img/s)")
+    table.add_row("run folder", summary.out)
+    for export in summary.exports:
+        table.add_row("export", export)
+    console.print(table)
+    if summary.failed:
+        console.print(
+            f"[bold yellow]{len(summary.failed)} images failed[/] "
+            f"(table: {Path(summary.out) / 'images'}):"
+        )
+        for _, reason in summary.failed:
+            console.print(f"  {reason}", highlight=False, markup=False, soft_wrap=True)
