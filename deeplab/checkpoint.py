@@ -8,8 +8,6 @@ so weights and what they mean travel together. Foreign ``.pth`` files are read w
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from pydantic import ValidationError
 from torch import Tensor
 
 from deeplab.convert import CheckpointError, convert_state_dict, detect, strip_data_parallel
+from deeplab.files import write_atomic
 from deeplab.meta import VOC_CLASSES, ModelMeta, model_version
 from deeplab.model import DeepLab
 
@@ -46,7 +45,7 @@ def save(model: DeepLab, meta: ModelMeta, path: str | Path) -> ModelMeta:
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = meta.model_copy(update={"model_version": model_version(state, meta)})
     data = safetensors.torch.save(state, metadata={META_KEY: meta.model_dump_json()})
-    _write_atomic(Path(path), data)
+    write_atomic(Path(path), data)
     return meta
 
 
@@ -86,6 +85,8 @@ def _read(path: Path) -> tuple[dict[str, Tensor], ModelMeta | None]:
         raise CheckpointError(f"{path}: cannot read checkpoint ({exc.strerror})") from exc
     if len(head) == 9 and head[8:9] == b"{":  # safetensors: u64 header length, then JSON
         return _read_safetensors(path)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch's zip format, or a bare pickle
+        raise CheckpointError(f"{path}: not a checkpoint (expected safetensors or a PyTorch file)")
     try:
         with torch.serialization.safe_globals(_NUMPY_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -129,16 +130,21 @@ def _from_foreign(
         raise CheckpointError(
             f"{source}: {len(names)} class names given but the classifier has {num_classes} outputs"
         )
-    meta = ModelMeta(arch=arch or found.arch, options=found.options, class_names=names,
-                     source=found.family)  # fmt: skip
+    meta = ModelMeta(
+        arch=arch or found.arch, options=found.options, class_names=names, source=found.family
+    )
     return ours, meta
 
 
 def _default_classes(num_classes: int, source: str) -> tuple[str, ...]:
     if num_classes == len(VOC_CLASSES):
         return VOC_CLASSES
-    log.warning("%s: no class names in the file and %d classes; naming them class_0.. "
-                "(pass classes= to name them)", source, num_classes)  # fmt: skip
+    log.warning(
+        "%s: no class names in the file and %d classes; naming them class_0.. "
+        "(pass classes= to name them)",
+        source,
+        num_classes,
+    )
     return tuple(f"class_{i}" for i in range(num_classes))
 
 
@@ -167,18 +173,3 @@ def _few(keys: list[str], limit: int = 5) -> str:
         return "none"
     more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
     return f"{len(keys)} {keys[:limit]}{more}"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename: a reader sees the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -1,0 +1,1 @@
+"""Prefect flows and the prelabel CLI: wiring only; the work lives in pipeline and deeplab."""

@@ -179,6 +179,8 @@ class _LogListener:
 def _print_summary(summary: RunSummary) -> None:
     table = Table(title="prelabel annotate", show_header=False, title_justify="left")
     table.add_row("images labeled", f"{summary.labeled}/{summary.images}")
+    if summary.skipped:
+        table.add_row("files skipped", f"{summary.skipped} (not images by extension)")
     table.add_row("regions", str(summary.regions))
     for name, count in summary.class_counts.items():
         table.add_row(f"  {name}", str(count))

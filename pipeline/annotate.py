@@ -40,6 +40,7 @@ class RunPlan:
 class RunSummary:
     out: str
     images: int
+    skipped: int  # files in the source that are not images by extension
     failed: tuple[tuple[str, str], ...]  # (key, reason)
     regions: int
     class_counts: dict[str, int]
@@ -88,9 +89,7 @@ def plan_run(config: RunConfig) -> RunPlan:
     listed = list(storage_for(config.source).list(config.source))
     items = [item for item in listed if is_image_name(item.key)]
     if not items:
-        raise RunError(
-            f"{config.source}: no images found ({len(listed)} files, none with an image extension)"
-        )
+        raise RunError(f"{config.source}: no images found (looked for {_EXTENSIONS})")
     meta = load_predictor(config.model, config.device, config.low_confidence).meta
     model = ModelInfo(
         ref=config.model,
@@ -134,6 +133,7 @@ def finish_run(plan: RunPlan, results: Sequence[ShardResult]) -> RunSummary:
     return RunSummary(
         out=config.out,
         images=plan.images,
+        skipped=plan.skipped,
         failed=failed,
         regions=manifest.regions,
         class_counts={plan.model.class_names[c]: n for c, n in sorted(counts.items())},

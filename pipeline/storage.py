@@ -6,11 +6,12 @@ Writes are atomic everywhere: a reader sees a whole file or none, never a half-w
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
+
+from deeplab.files import write_atomic
 
 
 class StorageError(OSError):
@@ -60,19 +61,7 @@ class LocalStorage:
             raise StorageError(f"{uri}: cannot read ({exc.strerror})") from exc
 
     def write_atomic(self, uri: str, data: bytes) -> None:
-        """Temp file in the same folder, fsync, rename over the target."""
-        path = Path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            Path(tmp).replace(path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(Path(uri), data)
 
     def exists(self, uri: str) -> bool:
         return Path(uri).exists()
