@@ -21,4 +21,5 @@ def count_gmacs(model: DeepLab, height: int, width: int, *, with_aux: bool = Fal
             model.forward_with_aux(x)
         else:
             model(x)
-    return counter.get_total_flops() / 2e9
+    flops: int = counter.get_total_flops()
+    return flops / 2e9

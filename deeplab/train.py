@@ -67,10 +67,12 @@ def train(
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # BN and biases
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=config.lr,
-    )  # fmt: skip
+    )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
     logs: list[StepLog] = []
     start, running, since = time.perf_counter(), 0.0, 0
@@ -79,8 +81,9 @@ def train(
             break
         x = normalize(torch.from_numpy(images).to(device))
         y = torch.from_numpy(labels).to(device, dtype=torch.long)
-        with torch.autocast(device.type, dtype=torch.bfloat16,
-                            enabled=config.precision == "bfloat16"):  # fmt: skip
+        with torch.autocast(
+            device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"
+        ):
             out, aux = model.forward_with_aux(x)
         loss = F.cross_entropy(out.float(), y, ignore_index=IGNORE_INDEX)
         if aux is not None:
@@ -91,13 +94,19 @@ def train(
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         schedule.step()
-        running, since = running + float(loss), since + 1
+        running, since = running + float(loss.detach()), since + 1
         if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
             lr = float(schedule.get_last_lr()[0])
             entry = StepLog(step + 1, running / since, lr, time.perf_counter() - start)
             logs.append(entry)
-            log.info("step %d/%d loss %.4f lr %.2e %.0fs", entry.step, config.steps,
-                     entry.loss, entry.lr, entry.seconds)  # fmt: skip
+            log.info(
+                "step %d/%d loss %.4f lr %.2e %.0fs",
+                entry.step,
+                config.steps,
+                entry.loss,
+                entry.lr,
+                entry.seconds,
+            )
             if on_log is not None:
                 on_log(entry)
             running, since = 0.0, 0

@@ -213,12 +213,15 @@ def test_mismatched_keys_are_named_with_the_architecture(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b"", "not a readable weights-only checkpoint"),  # empty file
-        (b"hello, not a checkpoint", "not a readable weights-only checkpoint"),
+        (b"", "not a checkpoint"),  # empty file
+        (b"hello, not a checkpoint", "not a checkpoint"),
+        (b"PK\x03\x04 a zip, but not torch's", "not a readable weights-only checkpoint"),
         (struct.pack("<Q", 10) + b"{broken}!!", "broken safetensors file"),
     ],
 )
-def test_unreadable_files_fail_naming_the_file(tmp_path: Path, content: bytes, message: str) -> None:
+def test_unreadable_files_fail_naming_the_file(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
     path = tmp_path / "weights.bin"
     path.write_bytes(content)
     with pytest.raises(deeplab.CheckpointError, match=message) as err:
@@ -247,7 +250,9 @@ def test_foreign_safetensors_data_parallel_prefix_and_class_override(tmp_path: P
     assert meta.class_names == ("bg", "road", "car", "sky")
     _, generic = deeplab.load(path)
     assert generic.class_names == ("class_0", "class_1", "class_2", "class_3")
-    with pytest.raises(deeplab.CheckpointError, match="2 class names given but the classifier has 4"):
+    with pytest.raises(
+        deeplab.CheckpointError, match="2 class names given but the classifier has 4"
+    ):
         deeplab.load(path, classes=["a", "b"])
 
 

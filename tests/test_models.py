@@ -93,9 +93,7 @@ def test_separable_option_makes_aspp_and_decoder_depthwise() -> None:
 
 @pytest.mark.parametrize("decoder_convs", [1, 2, 3])
 def test_decoder_projects_low_level_to_48_channels(decoder_convs: int) -> None:
-    model = deeplab.build(
-        "deeplabv3plus_mobilenet_v2", num_classes=3, decoder_convs=decoder_convs
-    )
+    model = deeplab.build("deeplabv3plus_mobilenet_v2", num_classes=3, decoder_convs=decoder_convs)
     assert model.head.low_level[0].out_channels == 48
     assert len(model.head.fuse) == decoder_convs
     assert model.head.fuse[0][0].in_channels == 48 + 256

@@ -124,7 +124,10 @@ def test_cuda_class_maps_agree_with_cpu(
     images = _images()
     cpu = deeplab.Predictor(model, meta, device="cpu").predict(images)
     gpu = deeplab.Predictor(
-        model, meta, device="cuda", precision=precision  # type: ignore[arg-type]
+        model,
+        meta,
+        device="cuda",
+        precision=precision,  # type: ignore[arg-type]
     ).predict(images)
     model.to("cpu")
     for a, b in zip(cpu, gpu, strict=True):

@@ -13,8 +13,15 @@ from torch.nn import functional as F
 from deeplab.features import Backbone, FeatureInfo, Features, atrous_schedule
 
 # MobileNetV2 paper, Table 2: expansion t, channels c, repeats n, stride s.
-_SETTING = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-            (6, 160, 3, 2), (6, 320, 1, 1)]  # fmt: skip
+_SETTING = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 _STEM_CHANNELS = 32
 _LOW = 3  # features[3] ends the stride-4 stage (24 channels)
 

@@ -108,22 +108,27 @@ class Xception65Backbone(Backbone):
             nn.BatchNorm2d(64),
             nn.ReLU(),
         )
-        self.entry1 = XceptionUnit(64, (128,) * 3, stride=b1.stride, dilation=b1.first_dilation,
-                                   skip="conv")  # fmt: skip
-        self.entry2 = XceptionUnit(128, (256,) * 3, stride=b2.stride, dilation=b2.first_dilation,
-                                   skip="conv")  # fmt: skip
-        self.entry3 = XceptionUnit(256, (728,) * 3, stride=b3.stride, dilation=b3.first_dilation,
-                                   skip="conv")  # fmt: skip
+        self.entry1 = XceptionUnit(
+            64, (128,) * 3, stride=b1.stride, dilation=b1.first_dilation, skip="conv"
+        )
+        self.entry2 = XceptionUnit(
+            128, (256,) * 3, stride=b2.stride, dilation=b2.first_dilation, skip="conv"
+        )
+        self.entry3 = XceptionUnit(
+            256, (728,) * 3, stride=b3.stride, dilation=b3.first_dilation, skip="conv"
+        )
         self.middle = nn.Sequential(
             *(
                 XceptionUnit(728, (728,) * 3, stride=1, dilation=mid.dilation, skip="sum")
                 for _ in range(_MIDDLE_UNITS)
             )
         )
-        self.exit1 = XceptionUnit(728, (728, 1024, 1024), stride=x1.stride,
-                                  dilation=x1.first_dilation, skip="conv")  # fmt: skip
-        self.exit2 = XceptionUnit(1024, (1536, 1536, 2048), stride=1, dilation=x2.dilation,
-                                  skip="none", relu_first=False)  # fmt: skip
+        self.exit1 = XceptionUnit(
+            728, (728, 1024, 1024), stride=x1.stride, dilation=x1.first_dilation, skip="conv"
+        )
+        self.exit2 = XceptionUnit(
+            1024, (1536, 1536, 2048), stride=1, dilation=x2.dilation, skip="none", relu_first=False
+        )
         self.output_stride = output_stride
         self.feature_info = FeatureInfo(low_channels=256, high_channels=2048, aux_channels=None)
 
