@@ -1,7 +1,8 @@
 """Synthetic segmentation scenes: the demo model's training data and the tests' images.
 
-Colour, texture, size and position are drawn independently of the class, so only shape tells the
-classes apart; a model that scores well on them has learnt shape. Nothing is downloaded.
+A class is a shape with its own material: a hue band and a surface texture, as real classes are
+shapes made of their own stuff. Brightness, saturation, shading, size, rotation and position are
+drawn independently of the class. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 
 DEMO_CLASSES: tuple[str, ...] = ("background", "disc", "box", "triangle", "ring")
 DISC, BOX, TRIANGLE, RING = 1, 2, 3, 4
+TEXTURES = {DISC: "plain", BOX: "stripes", TRIANGLE: "checker", RING: "speckle"}
+HUES = {DISC: 0.0, BOX: 120.0, TRIANGLE: 220.0, RING: 55.0}  # band centres, degrees
+HUE_SPREAD = 20.0  # +- degrees around the centre: bands stay apart
 
 MAX_OBJECTS = 6
 SIZE_RANGE = (0.04, 0.40)  # radius or half-size as a fraction of the short side, log-uniform
@@ -37,6 +41,7 @@ JPEG_QUALITY = 92
 _NOISE_LUT = np.array([NormalDist().inv_cdf((k + 0.5) / 256) for k in range(256)], np.float32)
 
 FloatImage = npt.NDArray[np.float32]
+Floats = npt.NDArray[np.float64]
 Contour = npt.NDArray[np.float64]  # Nx2 (x, y) vertices in frame pixels
 
 
@@ -153,16 +158,22 @@ def _paint(
         return
     view = image[y0:y1, x0:x1]
     under = np.array(cv2.mean(view, mask=raster)[:3])
-    cv2.copyTo(_object_fill(rng, raster.shape, under=under), raster, view)  # writes into the view
+    fill = _object_fill(rng, raster.shape, under=under, class_id=class_id)
+    cv2.copyTo(fill, raster, view)  # writes into the view
     np.copyto(mask[y0:y1, x0:x1], class_id, where=raster.view(bool))
 
 
 def _object_fill(
-    rng: np.random.Generator, shape: tuple[int, int], *, under: npt.NDArray[np.float64]
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    *,
+    under: npt.NDArray[np.float64],
+    class_id: int,
 ) -> FloatImage:
-    """A contrasting colour, linear shading and, three times in five, a two-colour pattern; both
-    are zero-mean, so the contrast the colour was chosen for holds for the object on average."""
-    colour = _contrasting_colour(rng, under)
+    """A contrasting colour of the class's hue, linear shading and the class's texture; shading
+    and texture are zero-mean, so the contrast holds for the object on average."""
+    colour = _contrasting_colour(rng, under, hue=HUES[class_id])
+    texture = TEXTURES[class_id]
     height, width = shape
     theta = rng.uniform(0, 2 * np.pi)
     ramp = np.arange(width, dtype=np.float32) * np.float32(np.cos(theta))
@@ -171,27 +182,37 @@ def _object_fill(
     )
     shade = (ramp - ramp.mean()) * np.float32(rng.uniform(-50, 50) / max(height, width, 1))
     fill: FloatImage = shade[..., None] + colour.astype(np.float32)
-    kind = rng.choice(["plain", "stripes", "checker", "speckle"], p=[0.4, 0.2, 0.2, 0.2])
-    if kind != "plain":
+    if texture != "plain":
         direction = rng.normal(size=3)
         delta = direction / np.linalg.norm(direction) * rng.uniform(25, 60)
-        pattern = _pattern(rng, str(kind), shape, period=rng.uniform(2, 8))
+        pattern = _pattern(rng, texture, shape, period=rng.uniform(2, 8))
         fill += pattern[..., None] * delta.astype(np.float32)
     return fill
 
 
 def _contrasting_colour(
-    rng: np.random.Generator, under: npt.NDArray[np.float64]
+    rng: np.random.Generator, under: npt.NDArray[np.float64], *, hue: float
 ) -> npt.NDArray[np.float64]:
-    """The first of eight random colours at least MIN_CONTRAST from `under`, else the farthest;
-    drawing a fixed eight keeps the random stream independent of the image."""
-    candidates = rng.uniform(0, 255, (8, 3))
+    """The first of eight random colours of the hue band at least MIN_CONTRAST from `under`, else
+    the farthest; drawing a fixed eight keeps the random stream independent of the image."""
+    hues = rng.uniform(hue - HUE_SPREAD, hue + HUE_SPREAD, 8) % 360
+    saturation = rng.uniform(0.55, 1.0, 8)
+    value = rng.uniform(0.45, 1.0, 8) * 255
+    candidates = _hsv_to_rgb(hues, saturation, value)
     distance = np.linalg.norm(candidates - under, axis=1)
     far = distance >= MIN_CONTRAST
     chosen: npt.NDArray[np.float64] = candidates[
         int(np.argmax(far)) if far.any() else int(np.argmax(distance))
     ]
     return chosen
+
+
+def _hsv_to_rgb(hue: Floats, saturation: Floats, value: Floats) -> Floats:
+    """Vectorised HSV (degrees, 0..1, 0..255) to RGB rows."""
+    k = (np.array([5.0, 3.0, 1.0]) + hue[:, None] / 60) % 6
+    ramp = np.clip(np.minimum(k, 4 - k), 0, 1)
+    rgb: Floats = value[:, None] * (1 - saturation[:, None] * ramp)
+    return rgb
 
 
 def _pattern(

@@ -83,10 +83,15 @@ def annotate(
 
 
 def _run(config: RunConfig) -> RunSummary:
-    # Prefect reads its settings when first imported; these defaults suit a local one-shot run
-    # (no analytics calls from an offline machine, time for a slow first server start).
+    # Prefect reads its settings when first imported. These defaults suit a local run and can
+    # be overridden from the environment: no usage data sent from the user's machine, time for
+    # a slow first server start, and on a terminal only warnings, so the progress bar stays
+    # readable (logs and pipes get Prefect's INFO lines).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    if console.is_terminal:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from flows.annotate import annotate_flow
 
     listener: _BarListener | _LogListener = (

@@ -87,7 +87,8 @@ def plan_run(config: RunConfig) -> RunPlan:
     started = datetime.now(UTC)
     storage_for(config.out).ensure_writable(config.out)
     listed = list(storage_for(config.source).list(config.source))
-    items = [item for item in listed if is_image_name(item.key)]
+    # Sorted by key: shards, ids and outputs are the same whatever order the store lists in.
+    items = sorted((item for item in listed if is_image_name(item.key)), key=lambda i: i.key)
     if not items:
         raise RunError(f"{config.source}: no images found (looked for {_EXTENSIONS})")
     meta = load_predictor(config.model, config.device, config.low_confidence).meta

@@ -39,7 +39,8 @@ class LocalStorage:
     """Files on a local or mounted file system; URIs are paths."""
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        """Every file under ``prefix`` in sorted order, skipping hidden files and folders."""
+        """Every file under ``prefix``, folder by folder with names sorted, skipping hidden files
+        and folders."""
         root = Path(prefix)
         if not root.is_dir():
             raise StorageError(f"{prefix}: not a folder")

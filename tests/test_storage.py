@@ -61,3 +61,12 @@ def test_ensure_writable_refuses_a_file_in_the_way(tmp_path: Path) -> None:
 def test_unknown_schemes_are_refused_by_name() -> None:
     with pytest.raises(ValueError, match="unsupported storage scheme 'gs'"):
         storage_for("gs://bucket/images")
+
+
+def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        LocalStorage().write_atomic(str(tmp_path / "x.bin"), b"data")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.bin").stat().st_mode & 0o777 == 0o644
