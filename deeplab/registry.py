@@ -25,11 +25,7 @@ def list_models() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def get_builder(name: str) -> Callable[..., nn.Module]:
+def build_model(name: str, **kwargs: Any) -> nn.Module:
     if name not in _BUILDERS:
         raise ValueError(f"no model {name!r}; registered: {', '.join(list_models())}")
-    return _BUILDERS[name]
-
-
-def build_model(name: str, **kwargs: Any) -> nn.Module:
-    return get_builder(name)(**kwargs)
+    return _BUILDERS[name](**kwargs)
