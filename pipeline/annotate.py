@@ -3,21 +3,21 @@ functions into a flow; everything here runs and tests without it."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from pipeline import progress
 from pipeline.config import RunConfig
 from pipeline.decode import IMAGE_EXTENSIONS, is_image_name
-from pipeline.exporters.coco import coco_from_tables
+from pipeline.exporters import export, view_of
+from pipeline.ledger import Ledger, LedgerConflictError
 from pipeline.models import load_predictor
 from pipeline.run_folder import ModelInfo, RunLayout, RunManifest, code_version
 from pipeline.shards import Shard, ShardResult, plan_shards, process_shard
-from pipeline.storage import storage_for
-from pipeline.tables import IMAGES_SCHEMA, REGIONS_SCHEMA, read_tables
+from pipeline.storage import ObjectInfo, storage_for
 
 _EXTENSIONS = ", ".join(sorted(IMAGE_EXTENSIONS))
 
@@ -29,8 +29,9 @@ class RunError(Exception):
 @dataclass(frozen=True, slots=True)
 class RunPlan:
     config: RunConfig
-    shards: tuple[Shard, ...]
-    images: int
+    shards: tuple[Shard, ...]  # only the images this pass labels
+    images: int  # images in the source
+    done: int  # of those, already labeled in the run folder under the same model and config
     skipped: int  # listed files that are not images by extension
     model: ModelInfo
     started_at: datetime
@@ -39,7 +40,9 @@ class RunPlan:
 @dataclass(frozen=True, slots=True)
 class RunSummary:
     out: str
-    images: int
+    images: int  # every image the run folder holds a row for
+    labeled_now: int  # images this pass processed (labeled or failed)
+    done_before: int  # images an earlier pass had already labeled, left as they were
     skipped: int  # files in the source that are not images by extension
     failed: tuple[tuple[str, str], ...]  # (key, reason)
     regions: int
@@ -53,12 +56,13 @@ class RunSummary:
 
     @property
     def images_per_second(self) -> float:
-        return self.images / self.seconds if self.seconds > 0 else 0.0
+        return self.labeled_now / self.seconds if self.seconds > 0 else 0.0
 
     def to_markdown(self) -> str:
         lines = [
-            f"**{self.labeled}/{self.images} images labeled**, {self.regions} regions, "
-            f"{self.seconds:.1f} s ({self.images_per_second:.2f} img/s); run folder `{self.out}`",
+            f"**{self.labeled}/{self.images} images labeled** ({self.labeled_now} this pass, "
+            f"{self.done_before} already done), {self.regions} regions, {self.seconds:.1f} s "
+            f"({self.images_per_second:.2f} img/s); run folder `{self.out}`",
             "",
             "| class | regions |",
             "|---|---|",
@@ -72,26 +76,33 @@ class RunSummary:
 
 def preflight(config: RunConfig) -> None:
     """The checks that make a run fail before it starts: an image in the source, the output
-    writable, the model loadable. Cheap: the listing stops at the first image, and the model
-    stays cached for the run."""
+    writable, the model loadable, the run folder free of another model's labels. Cheap: the
+    listing stops at the first image, and the model stays cached for the run."""
     listing = storage_for(config.source).list(config.source)
     if not any(is_image_name(item.key) for item in listing):
         raise RunError(f"{config.source}: no images found (looked for {_EXTENSIONS})")
     storage_for(config.out).ensure_writable(config.out)
-    load_predictor(config.model, config.device, config.low_confidence)
+    meta = load_predictor(config.model, config.device, config.low_confidence).meta
+    _check_ledger(Ledger.load(_layout(config)), config, meta.model_version)
 
 
 def plan_run(config: RunConfig) -> RunPlan:
-    """List the source, cut it into shards and load the model once, so a run that cannot work
-    fails here, before any image is processed."""
+    """List the source, leave out what the run folder already holds, cut the rest into shards
+    and load the model once, so a run that cannot work fails here."""
     started = datetime.now(UTC)
     storage_for(config.out).ensure_writable(config.out)
     listed = list(storage_for(config.source).list(config.source))
     # Sorted by key: shards, ids and outputs are the same whatever order the store lists in.
-    items = sorted((item for item in listed if is_image_name(item.key)), key=lambda i: i.key)
+    items = sorted(
+        (i for i in listed if is_image_name(i.key) and not _inside(i, config.out)),
+        key=lambda i: i.key,
+    )
     if not items:
         raise RunError(f"{config.source}: no images found (looked for {_EXTENSIONS})")
     meta = load_predictor(config.model, config.device, config.low_confidence).meta
+    ledger = Ledger.load(_layout(config))
+    _check_ledger(ledger, config, meta.model_version)
+    todo = items if config.force else ledger.todo(items)
     model = ModelInfo(
         ref=config.model,
         arch=meta.arch,
@@ -99,53 +110,72 @@ def plan_run(config: RunConfig) -> RunPlan:
         model_version=meta.model_version,
         class_names=meta.class_names,
     )
-    shards = tuple(plan_shards(items, config.shard_size))
-    return RunPlan(config, shards, len(items), len(listed) - len(items), model, started)
+    shards = tuple(plan_shards(todo, config.shard_size, ledger.next_generation))
+    skipped = sum(1 for i in listed if not is_image_name(i.key))
+    return RunPlan(config, shards, len(items), len(items) - len(todo), skipped, model, started)
 
 
 def finish_run(plan: RunPlan, results: Sequence[ShardResult]) -> RunSummary:
-    """Derive the exports from the written records, then write ``run.json`` last, so a run
-    folder with a manifest is a finished run."""
+    """Derive the exports from the run folder's records (this pass and earlier ones), then
+    write ``run.json`` last, so a run folder with a manifest is a finished run."""
     config = plan.config
-    layout = RunLayout(storage_for(config.out), config.out)
-    shard_ids = [s.shard_id for s in plan.shards]
-    images = read_tables(layout.storage, [layout.images(s) for s in shard_ids], IMAGES_SCHEMA)
-    regions = read_tables(layout.storage, [layout.records(s) for s in shard_ids], REGIONS_SCHEMA)
-    coco = coco_from_tables(images, regions, plan.model.class_names, config.regions.background)
-    coco_uri = layout.export("coco.json")
-    layout.storage.write_atomic(coco_uri, json.dumps(coco).encode())
+    layout = _layout(config)
+    view = view_of(layout, plan.model, config.regions.background)
+    exports = export(view, config.exports, config.export_options)
     finished = datetime.now(UTC)
-    failed = tuple(f for r in results for f in r.failed)
-    counts: Counter[int] = Counter()
-    for r in results:
-        counts.update(r.class_counts)
+    failed = tuple(
+        (row["key"], row["error"] or "")
+        for row in view.images.select(["key", "status", "error"]).to_pylist()
+        if row["status"] != "ok"
+    )
+    counts = Counter(view.regions.column("class_name").to_pylist())
     manifest = RunManifest(
         prelabel_version=code_version(),
         config=config.model_dump(mode="json"),
         model=plan.model,
-        shards=tuple(shard_ids),
+        shards=tuple(sorted(set(view.images.column("shard").to_pylist()))),
         started_at=plan.started_at,
         finished_at=finished,
-        images=plan.images,
+        images=view.images.num_rows,
         images_failed=len(failed),
-        regions=sum(r.regions for r in results),
+        regions=view.regions.num_rows,
     )
     layout.storage.write_atomic(layout.manifest, manifest.model_dump_json(indent=2).encode())
     return RunSummary(
         out=config.out,
-        images=plan.images,
+        images=view.images.num_rows,
+        labeled_now=sum(r.images for r in results),
+        done_before=plan.done,
         skipped=plan.skipped,
         failed=failed,
-        regions=manifest.regions,
-        class_counts={plan.model.class_names[c]: n for c, n in sorted(counts.items())},
+        regions=view.regions.num_rows,
+        class_counts={name: counts[name] for name in plan.model.class_names if name in counts},
         seconds=(finished - plan.started_at).total_seconds(),
-        exports=(coco_uri,),
+        exports=exports,
     )
 
 
 def annotate(config: RunConfig) -> RunSummary:
     """The whole run in this process, without Prefect."""
     plan = plan_run(config)
-    progress.started(plan.images)
+    progress.started(plan.images - plan.done)
     results = [process_shard(shard, config) for shard in plan.shards]
     return finish_run(plan, results)
+
+
+def _layout(config: RunConfig) -> RunLayout:
+    return RunLayout(storage_for(config.out), config.out)
+
+
+def _check_ledger(ledger: Ledger, config: RunConfig, model_version: str) -> None:
+    try:
+        ledger.check(model_version=model_version, config_hash=config.labeling_hash, out=config.out)
+    except LedgerConflictError as exc:
+        raise RunError(str(exc)) from exc
+
+
+def _inside(item: ObjectInfo, out: str) -> bool:
+    """A run folder inside the source folder: its own PNG masks are not images to label."""
+    if "://" in item.uri or "://" in out:
+        return item.uri.startswith(out.rstrip("/") + "/")
+    return Path(out).resolve() in Path(item.uri).resolve().parents

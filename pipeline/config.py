@@ -5,11 +5,14 @@ A typo in a field name fails by name (``extra="forbid"``) instead of being silen
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.exporters.view import ExportOptions
 from pipeline.regions import RegionPolicy
 
 
@@ -39,3 +42,15 @@ class RunConfig(BaseSettings):
     workers: int = Field(default_factory=_default_workers, ge=1)  # read + decode threads
     low_confidence: float = Field(0.5, gt=0, lt=1)  # max-softmax below this counts as doubtful
     regions: RegionPolicy = RegionPolicy()
+    exports: tuple[str, ...] = ("coco",)  # formats written when the run ends
+    export_options: ExportOptions = ExportOptions()
+    force: bool = False  # re-label every image, even those the run folder already holds
+
+    @property
+    def labeling_hash(self) -> str:
+        """Hash of the settings that change labels for the same model and image: a run folder
+        holds labels from one of these, so reruns never mix two."""
+        decisive = self.model_dump(
+            mode="json", include={"max_side", "max_pixels", "low_confidence", "regions"}
+        )
+        return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]

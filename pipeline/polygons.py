@@ -10,10 +10,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import numpy.typing as npt
+from pycocotools import mask as mask_utils
 
 from pipeline.records import Polygon, Ring
 
-__all__ = ["polygons_from_mask"]
+__all__ = ["polygons_from_mask", "rasterize_polygons"]
 
 _DILATE = np.ones((3, 3), np.uint8)
 
@@ -52,7 +53,8 @@ def polygons_from_mask(
             polygon.append(_flat(rings[child], (x0, y0)))
             child = links[child][0]
         polygons.append(tuple(polygon))
-    return tuple(polygons)
+    # Raster order of each part's top-left corner: findContours follows no documented order.
+    return tuple(sorted(polygons, key=lambda p: (min(p[0][1::2]), _left_of_top(p[0]))))
 
 
 def _corner_ring(points: npt.NDArray[np.int32]) -> npt.NDArray[np.int32]:
@@ -77,5 +79,34 @@ def _simplified(ring: npt.NDArray[np.int32], tolerance: float) -> npt.NDArray[np
     return ring if len(simple) < 3 else simple
 
 
+def _left_of_top(ring: Ring) -> float:
+    top = min(ring[1::2])
+    return min(x for x, y in zip(ring[::2], ring[1::2], strict=True) if y == top)
+
+
 def _flat(ring: npt.NDArray[np.int32], origin: tuple[int, int]) -> Ring:
     return tuple((ring + origin).ravel().astype(float).tolist())
+
+
+def rasterize_polygons(
+    polygons: tuple[Polygon, ...], shape: tuple[int, int], *, origin: tuple[int, int] = (0, 0)
+) -> npt.NDArray[np.bool_]:
+    """Pixels inside the polygons as pycocotools (and so COCOeval) fills them: each exterior
+    minus its holes, unioned, on a ``shape`` window whose top-left is ``origin`` (x, y)."""
+    height, width = shape
+    shift = np.asarray(origin, np.float64)
+    out = np.zeros(shape, np.bool_)
+    for exterior, *holes in polygons:
+        part = _fill(exterior, shift, height, width)
+        for hole in holes:
+            part &= ~_fill(hole, shift, height, width)
+        out |= part
+    return out
+
+
+def _fill(
+    ring: Ring, shift: npt.NDArray[np.float64], height: int, width: int
+) -> npt.NDArray[np.bool_]:
+    local = (np.asarray(ring, np.float64).reshape(-1, 2) - shift).ravel().tolist()
+    rle = mask_utils.frPyObjects([local], height, width)
+    return np.asarray(mask_utils.decode(rle)[:, :, 0], np.bool_)

@@ -22,6 +22,9 @@ class Region:
     bbox: tuple[int, int, int, int]  # x, y, w, h of the mask, as pycocotools' toBbox
     polygons: tuple[Polygon, ...]
     rle: str  # COCO compressed RLE counts at the image's (height, width)
+    fidelity: float  # IoU of the polygons, re-rasterized, against the mask
+    vertices: int  # points over all rings
+    geometry: str  # "polygon" or "rle": what exporters write, decided by the fidelity gate
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +37,12 @@ class ImageRecord:
     shard: str
     status: str  # "ok" or "failed"
     error: str | None  # why it failed, naming the file
+    retryable: bool  # failed for a reason outside the file (a read error): retried on rerun
     size_bytes: int
+    etag: str  # the listing's change token: a rerun re-labels the image when it differs
     content_hash: str | None  # sha256 of the bytes, once read
+    model_version: str  # the ledger keys: a run folder holds one model and one config
+    config_hash: str
     width: int | None  # oriented original size: outputs are at this size
     height: int | None
     model_width: int | None  # size the model saw after the resolution policy

@@ -1,17 +1,21 @@
-"""Predicted class map to regions: one per 8-connected component of each class.
+"""Predicted class map to regions, under one instance policy that every exporter shares.
 
-Everything per region works on the component's bbox crop; only the per-class mask and its
-label image cover the whole image.
+``components`` makes one region per 8-connected component of each class; ``semantic`` one
+region per class, its parts being the kept components. Everything per region works on its
+bbox crop; only the per-class mask and its label image cover the whole image.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.polygons import polygons_from_mask
+from pipeline.polygons import polygons_from_mask, rasterize_polygons
 from pipeline.records import Region
 from pipeline.rle import area_of_rle, bbox_of_rle, rle_from_crop
 
@@ -19,13 +23,24 @@ __all__ = ["RegionPolicy", "regions_from_class_map"]
 
 
 class RegionPolicy(BaseModel):
-    """Which components become regions and how far their polygons are simplified."""
+    """Which pixels become regions, and when a polygon is faithful enough to be written."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    instances: Literal["components", "semantic"] = "components"
     min_area: int = Field(16, ge=1)  # pixels; smaller components are speckle, dropped
+    fill_holes_below: int = Field(0, ge=0)  # pixels; smaller holes are filled, 0 keeps all
     simplify_tolerance: float = Field(0.5, ge=0)  # pixels; 0 keeps the exact pixel boundary
+    min_fidelity: float = Field(0.9, ge=0, le=1)  # polygon IoU below this: exporters use RLE
+    max_vertices: int = Field(20_000, ge=0)  # per image; over it the largest rings go RLE
     background: int | None = 0  # the class that yields no regions; None: every class does
+
+
+@dataclass(frozen=True, slots=True)
+class _Component:
+    label: int
+    box: tuple[int, int, int, int]  # x, y, w, h
+    first: tuple[int, int]  # (row, column) of its first pixel in raster order
 
 
 def regions_from_class_map(
@@ -35,7 +50,7 @@ def regions_from_class_map(
     image_id: str,
     policy: RegionPolicy,
 ) -> list[Region]:
-    """Regions ordered by class id, then by each component's first pixel in raster order.
+    """Regions ordered by class id, then by each region's first pixel in raster order.
 
     ``confidence`` is the max softmax scaled to 0..255; a region's score is its mean / 255.
     The order is set here: OpenCV's contour and label numbering follow no documented order.
@@ -51,7 +66,7 @@ def regions_from_class_map(
     for class_id in np.flatnonzero(np.bincount(class_map.ravel(), minlength=256)).tolist():
         if class_id != policy.background:
             regions += _class_regions(class_map, confidence, class_id, image_id, policy)
-    return regions
+    return _within_vertex_budget(regions, policy.max_vertices)
 
 
 def _class_regions(
@@ -61,33 +76,124 @@ def _class_regions(
     image_id: str,
     policy: RegionPolicy,
 ) -> list[Region]:
-    height, width = class_map.shape
     mask = (class_map == class_id).view(np.uint8)
-    # Boxes come from the outer borders, not connectedComponentsWithStats, whose stats cost
-    # about twice the labelling itself. With 8-connected foreground each component has
-    # exactly one outer border (the top level of RETR_CCOMP), and its extreme pixels lie on it.
     _, labels = cv2.connectedComponents(mask, connectivity=8)
+    components = _components(mask, labels, policy.min_area)
+    if not components:
+        return []
+    groups = [components] if policy.instances == "semantic" else [[c] for c in components]
+    regions = []
+    for group in groups:
+        x0, y0, x1, y1 = _union_box([c.box for c in group])
+        window = labels[y0:y1, x0:x1]
+        crop = (
+            np.isin(window, [c.label for c in group])
+            if len(group) > 1
+            else window == group[0].label
+        )
+        if policy.fill_holes_below:
+            crop = _fill_small_holes(crop, policy.fill_holes_below)
+        regions.append(
+            _region(
+                crop,
+                confidence[y0:y1, x0:x1],
+                (x0, y0),
+                class_map.shape,
+                class_id,
+                image_id,
+                policy,
+            )
+        )
+    return regions
+
+
+def _components(
+    mask: npt.NDArray[np.uint8], labels: npt.NDArray[np.int32], min_area: int
+) -> list[_Component]:
+    """Components of at least ``min_area`` pixels, in raster order of their first pixel.
+
+    Boxes come from the outer borders, not connectedComponentsWithStats, whose stats cost
+    about twice the labelling itself. With 8-connected foreground each component has exactly
+    one outer border (the top level of RETR_CCOMP), and its extreme pixels lie on it.
+    """
     borders, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    keyed: list[tuple[tuple[int, int], Region]] = []
+    found = []
     for border, (_, _, _, parent) in zip(borders, hierarchy[0], strict=True):
         x0, y0, w, h = cv2.boundingRect(border)
-        if parent != -1 or w * h < policy.min_area:
+        if parent != -1 or w * h < min_area:
             continue
         x, y = border[0, 0].tolist()
-        crop = labels[y0 : y0 + h, x0 : x0 + w] == labels[y, x]
-        pixels = int(np.count_nonzero(crop))
-        if pixels < policy.min_area:
-            continue
-        rle = rle_from_crop(crop, x0=x0, y0=y0, height=height, width=width)
-        region = Region(
-            image_id=image_id,
-            class_id=class_id,
-            score=int(confidence[y0 : y0 + h, x0 : x0 + w][crop].sum()) / pixels / 255,
-            area=area_of_rle(rle, height=height, width=width),
-            bbox=bbox_of_rle(rle, height=height, width=width),
-            polygons=polygons_from_mask(crop, x0=x0, y0=y0, tolerance=policy.simplify_tolerance),
-            rle=rle,
-        )
-        keyed.append(((y0, x0 + int(np.argmax(crop[0]))), region))
-    keyed.sort(key=lambda item: item[0])
-    return [region for _, region in keyed]
+        label = int(labels[y, x])
+        crop = labels[y0 : y0 + h, x0 : x0 + w] == label
+        if np.count_nonzero(crop) >= min_area:
+            found.append(_Component(label, (x0, y0, w, h), (y0, x0 + int(np.argmax(crop[0])))))
+    found.sort(key=lambda c: c.first)
+    return found
+
+
+def _union_box(boxes: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+    return (
+        min(x for x, _, _, _ in boxes),
+        min(y for _, y, _, _ in boxes),
+        max(x + w for x, _, w, _ in boxes),
+        max(y + h for _, y, _, h in boxes),
+    )
+
+
+def _fill_small_holes(crop: npt.NDArray[np.bool_], below: int) -> npt.NDArray[np.bool_]:
+    """Fill enclosed background areas under ``below`` pixels. Holes are 4-connected, the
+    complement of 8-connected foreground; a one-pixel frame makes the outside one component."""
+    outside = np.ones((crop.shape[0] + 2, crop.shape[1] + 2), np.uint8)
+    outside[1:-1, 1:-1] = ~crop
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(outside, connectivity=4)
+    small = np.zeros(count, np.bool_)
+    small[1:] = stats[1:, cv2.CC_STAT_AREA] < below
+    small[labels[0, 0]] = False  # the outside
+    filled: npt.NDArray[np.bool_] = crop | small[labels[1:-1, 1:-1]]
+    return filled
+
+
+def _region(
+    crop: npt.NDArray[np.bool_],
+    confidence: npt.NDArray[np.uint8],
+    origin: tuple[int, int],
+    shape: tuple[int, ...],
+    class_id: int,
+    image_id: str,
+    policy: RegionPolicy,
+) -> Region:
+    (x0, y0), (height, width) = origin, shape
+    pixels = int(np.count_nonzero(crop))
+    rle = rle_from_crop(crop, x0=x0, y0=y0, height=height, width=width)
+    polygons = polygons_from_mask(crop, x0=x0, y0=y0, tolerance=policy.simplify_tolerance)
+    drawn = rasterize_polygons(polygons, crop.shape, origin=origin)
+    union = int(np.count_nonzero(drawn | crop))
+    fidelity = int(np.count_nonzero(drawn & crop)) / union if union else 1.0
+    return Region(
+        image_id=image_id,
+        class_id=class_id,
+        score=int(confidence[crop].sum()) / pixels / 255,
+        area=area_of_rle(rle, height=height, width=width),
+        bbox=bbox_of_rle(rle, height=height, width=width),
+        polygons=polygons,
+        rle=rle,
+        fidelity=fidelity,
+        vertices=sum(len(ring) // 2 for polygon in polygons for ring in polygon),
+        geometry="polygon" if fidelity >= policy.min_fidelity else "rle",
+    )
+
+
+def _within_vertex_budget(regions: list[Region], budget: int) -> list[Region]:
+    """Move the regions with the most vertices to RLE until the image's polygons fit."""
+    total = sum(r.vertices for r in regions if r.geometry == "polygon")
+    heaviest = sorted(
+        (i for i, r in enumerate(regions) if r.geometry == "polygon"),
+        key=lambda i: -regions[i].vertices,
+    )
+    out = list(regions)
+    for i in heaviest:
+        if total <= budget:
+            break
+        total -= out[i].vertices
+        out[i] = replace(out[i], geometry="rle")
+    return out

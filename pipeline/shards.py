@@ -24,7 +24,7 @@ from pipeline.records import ImageRecord, Region
 from pipeline.regions import regions_from_class_map
 from pipeline.run_folder import RunLayout
 from pipeline.storage import ObjectInfo, StorageError, storage_for
-from pipeline.tables import images_table, regions_table, write_table
+from pipeline.tables import images_table, regions_table, stable_id, write_table
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,16 +47,20 @@ class ShardResult:
     seconds: float
 
 
-def plan_shards(items: Sequence[ObjectInfo], shard_size: int) -> list[Shard]:
+def plan_shards(items: Sequence[ObjectInfo], shard_size: int, generation: int) -> list[Shard]:
+    """Shards of one pass over a run folder; the generation keeps their names new (see ledger)."""
     return [
-        Shard(shard_id=f"shard-{i // shard_size:05d}", items=tuple(items[i : i + shard_size]))
+        Shard(
+            shard_id=f"shard-{generation:04d}-{i // shard_size:05d}",
+            items=tuple(items[i : i + shard_size]),
+        )
         for i in range(0, len(items), shard_size)
     ]
 
 
 def image_id_for(key: str) -> str:
     """Stable per source path, so runs of different models over one folder join on it."""
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+    return stable_id(key)
 
 
 @dataclass(slots=True)
@@ -66,6 +70,8 @@ class _Loaded:
     error: str | None
     read_ms: float
     decode_ms: float
+    retryable: bool = False  # the bytes could not be read: not the file's fault
+    content_hash: str | None = None
 
 
 @dataclass(slots=True)
@@ -85,14 +91,15 @@ def process_shard(shard: Shard, config: RunConfig) -> ShardResult:
         try:
             data = source.read(item.uri)
         except StorageError as exc:
-            return _Loaded(item, None, str(exc), _ms(t0), 0.0)
+            return _Loaded(item, None, str(exc), _ms(t0), 0.0, retryable=True)
         read_ms, t1 = _ms(t0), time.perf_counter()
         try:
             image = decode_image(
                 item.uri, data, max_side=config.max_side, max_pixels=config.max_pixels
             )
         except DecodeError as exc:
-            return _Loaded(item, None, str(exc), read_ms, _ms(t1))
+            digest = hashlib.sha256(data).hexdigest()
+            return _Loaded(item, None, str(exc), read_ms, _ms(t1), content_hash=digest)
         return _Loaded(item, image, None, read_ms, _ms(t1))
 
     out = _Outputs()
@@ -100,7 +107,7 @@ def process_shard(shard: Shard, config: RunConfig) -> ShardResult:
     with ThreadPoolExecutor(config.workers, thread_name_prefix="decode") as pool:
         for loaded in _bounded_map(pool, load, shard.items, ahead=2 * config.workers):
             if loaded.image is None:
-                out.images.append(_failed(loaded, shard.shard_id))
+                out.images.append(_failed(loaded, shard.shard_id, predictor.meta, config))
                 progress.advanced(1, failed=1)
                 continue
             bucket = buckets[loaded.image.pixels.shape]
@@ -116,11 +123,15 @@ def process_shard(shard: Shard, config: RunConfig) -> ShardResult:
     out.images.sort(key=lambda r: r.key)
     key_of = {r.image_id: r.key for r in out.images}
     regions = sorted(out.regions, key=lambda r: key_of[r.image_id])  # stable: keeps region order
+    lineage = {
+        r.image_id: f"{r.content_hash}:{r.model_version}:{r.config_hash}" for r in out.images
+    }
     layout = RunLayout(storage_for(config.out), config.out)
+    # Records first: the images file is what the ledger reads, so it must come last.
     write_table(
         layout.storage,
         layout.records(shard.shard_id),
-        regions_table(regions, predictor.meta.class_names),
+        regions_table(regions, predictor.meta.class_names, lineage),
     )
     write_table(layout.storage, layout.images(shard.shard_id), images_table(out.images))
     counts: dict[int, int] = defaultdict(int)
@@ -164,8 +175,12 @@ def _label_batch(
                 shard=shard_id,
                 status="ok",
                 error=None,
+                retryable=False,
                 size_bytes=loaded.item.size,
+                etag=loaded.item.etag,
                 content_hash=image.content_hash,
+                model_version=predictor.meta.model_version,
+                config_hash=config.labeling_hash,
                 width=image.width,
                 height=image.height,
                 model_width=image.pixels.shape[1],
@@ -184,7 +199,9 @@ def _label_batch(
     progress.advanced(len(images))
 
 
-def _failed(loaded: _Loaded, shard_id: str) -> ImageRecord:
+def _failed(
+    loaded: _Loaded, shard_id: str, meta: deeplab.ModelMeta, config: RunConfig
+) -> ImageRecord:
     log.warning("%s", loaded.error)
     return ImageRecord(
         image_id=image_id_for(loaded.item.key),
@@ -193,8 +210,12 @@ def _failed(loaded: _Loaded, shard_id: str) -> ImageRecord:
         shard=shard_id,
         status="failed",
         error=loaded.error,
+        retryable=loaded.retryable,
         size_bytes=loaded.item.size,
-        content_hash=None,
+        etag=loaded.item.etag,
+        content_hash=loaded.content_hash,
+        model_version=meta.model_version,
+        config_hash=config.labeling_hash,
         width=None,
         height=None,
         model_width=None,

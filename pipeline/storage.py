@@ -23,7 +23,7 @@ class ObjectInfo:
     uri: str  # absolute: what ``read`` takes
     key: str  # relative to the listed prefix, '/'-separated: what people recognise
     size: int
-    etag: str | None  # a change token where the store has one (S3); None for local files
+    etag: str  # changes when the object does: S3's ETag; mtime and size for local files
 
 
 class Storage(Protocol):
@@ -49,11 +49,13 @@ class LocalStorage:
             for name in sorted(f for f in files if not f.startswith(".")):
                 path = Path(folder) / name
                 try:
-                    size = path.stat().st_size
+                    stat = path.stat()
                 except OSError as exc:
                     raise StorageError(f"{path}: cannot stat ({exc.strerror})") from exc
                 key = PurePosixPath(*path.relative_to(root).parts).as_posix()
-                yield ObjectInfo(uri=str(path), key=key, size=size, etag=None)
+                # Modification time and size, as make and rsync judge change without reading.
+                etag = f"{stat.st_mtime_ns:x}-{stat.st_size:x}"
+                yield ObjectInfo(uri=str(path), key=key, size=stat.st_size, etag=etag)
 
     def read(self, uri: str) -> bytes:
         try:

@@ -6,8 +6,9 @@ Files are written whole (``write_atomic``), so a crash never leaves a truncated 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,6 +20,7 @@ REGIONS_SCHEMA = pa.schema(
     [
         ("image_id", pa.string()),
         ("region_index", pa.int32()),  # position within the image, stable across reruns
+        ("region_id", pa.string()),  # from image, content, model, config and index
         ("class_id", pa.int16()),
         ("class_name", pa.string()),
         ("score", pa.float32()),
@@ -27,6 +29,9 @@ REGIONS_SCHEMA = pa.schema(
         # polygons -> rings (exterior first, then holes) -> flat x, y coordinates
         ("polygons", pa.list_(pa.list_(pa.list_(pa.float32())))),
         ("rle", pa.string()),
+        ("fidelity", pa.float32()),
+        ("vertices", pa.int32()),
+        ("geometry", pa.string()),  # "polygon" or "rle", the fidelity gate's choice
     ]
 )
 
@@ -38,8 +43,12 @@ IMAGES_SCHEMA = pa.schema(
         ("shard", pa.string()),
         ("status", pa.string()),
         ("error", pa.string()),
+        ("retryable", pa.bool_()),
         ("size_bytes", pa.int64()),
+        ("etag", pa.string()),
         ("content_hash", pa.string()),
+        ("model_version", pa.string()),
+        ("config_hash", pa.string()),
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("model_width", pa.int32()),
@@ -57,7 +66,11 @@ IMAGES_SCHEMA = pa.schema(
 )
 
 
-def regions_table(regions: Sequence[Region], class_names: Sequence[str]) -> pa.Table:
+def regions_table(
+    regions: Sequence[Region], class_names: Sequence[str], lineage: Mapping[str, str]
+) -> pa.Table:
+    """``lineage`` maps each image id to what its labels derive from (content, model,
+    config), so a region's id is the same on every rerun and differs when any of them does."""
     index: dict[str, int] = {}
     rows = []
     for region in regions:
@@ -67,6 +80,7 @@ def regions_table(regions: Sequence[Region], class_names: Sequence[str]) -> pa.T
             {
                 "image_id": region.image_id,
                 "region_index": position,
+                "region_id": stable_id(region.image_id, lineage[region.image_id], str(position)),
                 "class_id": region.class_id,
                 "class_name": class_names[region.class_id],
                 "score": region.score,
@@ -74,9 +88,17 @@ def regions_table(regions: Sequence[Region], class_names: Sequence[str]) -> pa.T
                 "bbox": list(region.bbox),
                 "polygons": [[list(ring) for ring in polygon] for polygon in region.polygons],
                 "rle": region.rle,
+                "fidelity": region.fidelity,
+                "vertices": region.vertices,
+                "geometry": region.geometry,
             }
         )
     return pa.Table.from_pylist(rows, schema=REGIONS_SCHEMA)
+
+
+def stable_id(*parts: str) -> str:
+    """16 hex digits of sha256 over the parts: the same inputs give the same id on any run."""
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
 def images_table(images: Sequence[ImageRecord]) -> pa.Table:

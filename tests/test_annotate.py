@@ -53,10 +53,10 @@ def test_run_folder_holds_records_images_coco_and_manifest(
     out, summary = plain_run
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
         "exports/coco.json",
-        "images/shard-00000.parquet",
-        "images/shard-00001.parquet",
-        "records/shard-00000.parquet",
-        "records/shard-00001.parquet",
+        "images/shard-0000-00000.parquet",
+        "images/shard-0000-00001.parquet",
+        "records/shard-0000-00000.parquet",
+        "records/shard-0000-00001.parquet",
         "run.json",
     ]
     manifest = json.loads((out / "run.json").read_text())

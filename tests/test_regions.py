@@ -272,3 +272,85 @@ def test_policy_refuses_bad_fields(fields: dict[str, Any]) -> None:
 def test_policy_is_frozen() -> None:
     with pytest.raises(ValidationError):
         POLICY.min_area = 3  # type: ignore[misc]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    arrays(
+        np.uint8,
+        st.tuples(st.integers(4, 40), st.integers(4, 40)),
+        elements=st.integers(0, 2),
+    ),
+    st.sampled_from(["components", "semantic"]),
+)
+def test_polygons_are_faithful_and_area_bbox_are_pycocotools(
+    class_map: np.ndarray, instances: str
+) -> None:
+    """Random maps have holes and several parts; at 0.5 px every region's polygons
+    re-rasterize to IoU >= 0.98, or the gate sends the region to RLE."""
+    height, width = class_map.shape
+    found = regions(class_map, min_area=1, instances=instances)
+    for region in found:
+        mask = np.asarray(
+            mask_utils.decode({"size": [height, width], "counts": region.rle.encode()}), bool
+        )
+        fidelity = iou(rasterize(region.polygons, height, width), mask)
+        assert region.fidelity == pytest.approx(fidelity)
+        assert region.geometry == ("polygon" if fidelity >= 0.9 else "rle")
+        if region.geometry == "polygon":
+            assert fidelity >= 0.98
+        holes = cv2.connectedComponents((~mask).astype(np.uint8), connectivity=4)[1]
+        enclosed = set(np.unique(holes).tolist()) - set(
+            np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]])).tolist()
+        ) - {0}
+        assert sum(len(p) - 1 for p in region.polygons) == len(enclosed)  # one ring per hole
+        assert region.vertices == sum(len(r) // 2 for p in region.polygons for r in p)
+
+
+def test_semantic_makes_one_region_per_class_with_every_part() -> None:
+    class_map = np.zeros((20, 30), np.uint8)
+    class_map[1:5, 1:5] = 1
+    class_map[10:18, 20:28] = 1
+    class_map[12:14, 22:24] = 0  # a hole in the second part
+    class_map[1:3, 25:29] = 2
+    class_map[19, 0] = 1  # speckle under min_area: dropped in both modes
+    one, two = regions(class_map, min_area=4, instances="semantic")
+    assert (one.class_id, two.class_id) == (1, 2)
+    assert [len(p) for p in one.polygons] == [1, 2]  # two parts, the second with its hole
+    expected = class_map == 1
+    expected[19, 0] = False
+    assert one.rle == coco_rle(expected)["counts"].decode("ascii")
+    assert one.bbox == (1, 1, 27, 17)
+    assert len(regions(class_map, min_area=4, instances="components")) == 3
+
+
+@pytest.mark.parametrize(("below", "filled"), [(0, []), (5, [4]), (10, [4, 9]), (9, [4])])
+def test_holes_under_the_area_are_filled(below: int, filled: list[int]) -> None:
+    class_map = np.zeros((12, 20), np.uint8)
+    class_map[0:12, 0:20] = 1
+    class_map[2:4, 2:4] = 3  # a 4 px hole
+    class_map[6:9, 10:13] = 0  # a 9 px hole
+    found = [r for r in regions(class_map, fill_holes_below=below, background=3) if r.class_id == 1]
+    assert found[0].area == 12 * 20 - 13 + sum(filled)
+    assert len(found[0].polygons[0]) == 1 + 2 - len(filled)
+
+
+def test_fidelity_gate_sends_unfaithful_polygons_to_rle() -> None:
+    class_map = np.zeros((40, 40), np.uint8)
+    rng = np.random.default_rng(3)
+    class_map[5:35, 5:35] = rng.random((30, 30)) < 0.9  # ragged: simplification costs IoU
+    class_map[5:35, 5:35] |= np.eye(30, dtype=bool)
+    loose = regions(class_map, min_area=1, simplify_tolerance=3.0, min_fidelity=0.99)
+    exact = regions(class_map, min_area=1, simplify_tolerance=0.0, min_fidelity=0.99)
+    assert any(r.geometry == "rle" for r in loose)
+    assert all(r.geometry == "polygon" and r.fidelity == 1.0 for r in exact)
+
+
+def test_vertex_budget_moves_the_heaviest_regions_to_rle() -> None:
+    class_map = np.zeros((30, 60), np.uint8)
+    class_map[2:10, 2:10] = 1  # 4 vertices
+    class_map[15:25, 5:55:2] = 2  # a comb: many vertices
+    class_map[15:17, 5:55] = 2
+    found = regions(class_map, max_vertices=20)
+    assert [(r.class_id, r.geometry) for r in found] == [(1, "polygon"), (2, "rle")]
+    assert all(r.geometry == "polygon" for r in regions(class_map, max_vertices=10_000))

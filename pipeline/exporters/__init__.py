@@ -1,1 +1,26 @@
-"""Formats derived from a run's records: each exporter reads the tables, never the model."""
+"""Exports derived from a run's records: one module per format, one registry here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from pipeline.exporters.coco import export_coco
+from pipeline.exporters.view import ExportError, ExportOptions, RunView, open_run, view_of
+
+__all__ = ["EXPORTERS", "ExportError", "ExportOptions", "RunView", "export", "open_run", "view_of"]
+
+Exporter = Callable[[RunView, ExportOptions], tuple[str, ...]]
+
+EXPORTERS: dict[str, Exporter] = {
+    "coco": export_coco,
+}
+
+
+def export(view: RunView, formats: Sequence[str], options: ExportOptions) -> tuple[str, ...]:
+    """Write each format in turn; returns the URIs written."""
+    unknown = [f for f in formats if f not in EXPORTERS]
+    if unknown:
+        raise ExportError(
+            f"unknown export format {unknown[0]!r}; choose from {', '.join(EXPORTERS)}"
+        )
+    return tuple(uri for name in formats for uri in EXPORTERS[name](view, options))

@@ -1,18 +1,26 @@
-"""COCO instances JSON from a run's tables.
+"""COCO instances JSON.
 
-A region with one exterior ring and no holes is written as a polygon; anything else (holes,
-several parts) as compressed RLE with ``iscrowd=0``, since COCO polygons cannot express holes.
-``area`` and ``bbox`` are pycocotools' on the segmentation exactly as written, which is what
-``COCOeval`` will compute from it.
+A region the fidelity gate kept as polygons, none with holes, is written as polygons (several
+parts are several lists); anything else as compressed RLE with ``iscrowd=0``, since COCO polygons
+cannot express holes. ``area`` and ``bbox`` are pycocotools' on the segmentation exactly as
+written, which is what ``COCOeval`` computes from it. Ids derive from the ledger's stable ids,
+so re-exporting, or exporting after an incremental run, keeps every id it had.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
-import pyarrow as pa
 from pycocotools import mask as mask_utils
+
+from pipeline.exporters.view import ExportOptions, RunView
+
+
+def coco_id(hex_id: str) -> int:
+    """The first 13 hex digits (52 bits) of a stable id: an int that JSON readers keep exact."""
+    return int(hex_id[:13], 16)
 
 
 def coco_categories(class_names: Sequence[str], background: int | None) -> list[dict[str, Any]]:
@@ -24,25 +32,24 @@ def coco_categories(class_names: Sequence[str], background: int | None) -> list[
     ]
 
 
-def coco_from_tables(
-    images: pa.Table, regions: pa.Table, class_names: Sequence[str], background: int | None
-) -> dict[str, Any]:
-    ok = sorted((r for r in images.to_pylist() if r["status"] == "ok"), key=lambda r: r["key"])
-    coco_images = [
-        {"id": n, "file_name": r["key"], "width": r["width"], "height": r["height"]}
-        for n, r in enumerate(ok, start=1)
-    ]
-    by_image = {r["image_id"]: img for r, img in zip(ok, coco_images, strict=True)}
-    rows = [r for r in regions.to_pylist() if r["image_id"] in by_image]
-    rows.sort(key=lambda r: (by_image[r["image_id"]]["id"], r["region_index"]))
+def coco_from_view(view: RunView) -> dict[str, Any]:
+    images = {
+        row["image_id"]: {
+            "id": coco_id(str(row["image_id"])),
+            "file_name": row["key"],
+            "width": row["width"],
+            "height": row["height"],
+        }
+        for row in view.ok_images()
+    }
     annotations = []
-    for n, row in enumerate(rows, start=1):
-        image = by_image[row["image_id"]]
+    for row in view.regions.to_pylist():
+        image = images[row["image_id"]]
         segmentation = coco_segmentation(row, height=image["height"], width=image["width"])
         rle = segmentation_rle(segmentation, height=image["height"], width=image["width"])
         annotations.append(
             {
-                "id": n,
+                "id": coco_id(row["region_id"]),
                 "image_id": image["id"],
                 "category_id": row["class_id"],
                 "segmentation": segmentation,
@@ -53,17 +60,26 @@ def coco_from_tables(
             }
         )
     return {
-        "info": {"description": "prelabel pre-labels for review"},
-        "images": coco_images,
+        "info": {
+            "description": "prelabel pre-labels for review",
+            "model_version": view.model.model_version,
+        },
+        "images": list(images.values()),
         "annotations": annotations,
-        "categories": coco_categories(class_names, background),
+        "categories": coco_categories(view.class_names, view.background),
     }
+
+
+def export_coco(view: RunView, options: ExportOptions) -> tuple[str, ...]:
+    uri = view.layout.export("coco.json")
+    view.layout.storage.write_atomic(uri, json.dumps(coco_from_view(view)).encode())
+    return (uri,)
 
 
 def coco_segmentation(row: dict[str, Any], *, height: int, width: int) -> Any:
     polygons = row["polygons"]
-    if len(polygons) == 1 and len(polygons[0]) == 1:
-        return [list(polygons[0][0])]
+    if row["geometry"] == "polygon" and all(len(polygon) == 1 for polygon in polygons):
+        return [list(polygon[0]) for polygon in polygons]
     return {"size": [height, width], "counts": row["rle"]}
 
 
