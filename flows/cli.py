@@ -26,12 +26,21 @@ from rich.progress import (
 from rich.table import Table
 
 from deeplab import CheckpointError
-from pipeline import progress
+from pipeline import exporters, progress
 from pipeline.annotate import RunError, RunSummary, preflight
 from pipeline.config import RunConfig
+from pipeline.exporters import (
+    EXPORTERS,
+    ExportError,
+    ExportOptions,
+    check_formats,
+    open_run,
+)
 from pipeline.storage import StorageError
 
 EXIT_OK, EXIT_CANNOT_START, EXIT_SOME_FAILED = 0, 2, 3
+
+_FORMATS = ", ".join(EXPORTERS)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
@@ -56,8 +65,18 @@ def annotate(
     ] = None,
     shard_size: Annotated[int | None, typer.Option(help="Images per shard (task).")] = None,
     workers: Annotated[int | None, typer.Option(help="Read/decode threads.")] = None,
+    export: Annotated[
+        list[str] | None,
+        typer.Option("--export", help=f"Formats to write at the end (repeat): {_FORMATS}."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Re-label images the run folder already holds.")
+    ] = False,
 ) -> None:
-    """Label every image under SOURCE and write records, images table and COCO to --out."""
+    """Label every image under SOURCE not yet labeled in --out; write records and exports.
+
+    Re-running on the same --out labels only new and changed images.
+    """
     flags: dict[str, Any] = {
         "model": model,
         "batch_size": batch_size,
@@ -65,6 +84,8 @@ def annotate(
         "max_side": max_side,
         "shard_size": shard_size,
         "workers": workers,
+        "exports": tuple(export) if export else None,
+        "force": force or None,
     }
     try:
         config = RunConfig(
@@ -74,12 +95,44 @@ def annotate(
         _cannot_start("; ".join(_describe(e) for e in exc.errors()))
     try:
         preflight(config)
-    except (RunError, StorageError, CheckpointError, ValueError) as exc:
+        check_formats(config.exports)
+    except (RunError, ExportError, StorageError, CheckpointError, ValueError) as exc:
         _cannot_start(str(exc))
     summary = _run(config)
     _print_summary(summary)
     if summary.failed:
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@app.command("export")
+def export_command(
+    run: Annotated[str, typer.Argument(help="A finished run folder.")],
+    formats: Annotated[
+        list[str], typer.Option("--format", "-f", help=f"Format to write (repeat): {_FORMATS}.")
+    ],
+    ls_regions: Annotated[
+        str, typer.Option(help="Label Studio results: polygon (brush where needed) or brush.")
+    ] = "polygon",
+    image_url_prefix: Annotated[
+        str | None, typer.Option(help="Label Studio image URL = prefix + key (else source URI).")
+    ] = None,
+    wkb: Annotated[bool, typer.Option("--wkb", help="parquet: add a WKB geometry column.")] = False,
+) -> None:
+    """Write exports from a run's records; the model is not run again."""
+    try:
+        options = ExportOptions(
+            ls_regions=ls_regions,
+            image_url_prefix=image_url_prefix,
+            wkb=wkb,
+        )
+        check_formats(formats)
+        written = exporters.export(open_run(run), formats, options)
+    except ValidationError as exc:
+        _cannot_start("; ".join(_describe(e) for e in exc.errors()))
+    except (ExportError, StorageError) as exc:
+        _cannot_start(str(exc))
+    for uri in written:
+        console.print(f"wrote {uri}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _run(config: RunConfig) -> RunSummary:
@@ -184,6 +237,9 @@ class _LogListener:
 def _print_summary(summary: RunSummary) -> None:
     table = Table(title="prelabel annotate", show_header=False, title_justify="left")
     table.add_row("images labeled", f"{summary.labeled}/{summary.images}")
+    table.add_row(
+        "this pass", f"{summary.labeled_now} processed, {summary.done_before} already done"
+    )
     if summary.skipped:
         table.add_row("files skipped", f"{summary.skipped} (not images by extension)")
     table.add_row("regions", str(summary.regions))
@@ -191,8 +247,8 @@ def _print_summary(summary: RunSummary) -> None:
         table.add_row(f"  {name}", str(count))
     table.add_row("time", f"{summary.seconds:.1f} s ({summary.images_per_second:.2f} img/s)")
     table.add_row("run folder", summary.out)
-    for export in summary.exports:
-        table.add_row("export", export)
+    for uri in summary.exports:
+        table.add_row("export", uri)
     console.print(table)
     if summary.failed:
         console.print(

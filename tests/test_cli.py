@@ -8,10 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from deeplab.scenes import scenes
+from tests.runs import write_run
 
 PRELABEL = [sys.executable, "-c", "from flows.cli import app; app()"]
 
@@ -78,3 +80,32 @@ def test_a_run_that_cannot_start_says_why_in_one_line_exit_2(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("prelabel: cannot start: ")
     assert reason in lines[0]
+
+
+def test_export_writes_formats_from_the_records(tmp_path: Path) -> None:
+    class_map = np.zeros((20, 30), np.uint8)
+    class_map[3:9, 4:12] = 2
+    write_run(tmp_path / "run", {"a.png": class_map})
+    (tmp_path / "run" / "exports" / "coco.json").unlink(missing_ok=True)
+    result = _run("export", str(tmp_path / "run"), "--format", "coco", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    coco = json.loads((tmp_path / "run" / "exports" / "coco.json").read_text())
+    assert [a["bbox"] for a in coco["annotations"]] == [[4.0, 3.0, 8.0, 6.0]]
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["export", "{tmp}/run", "--format", "pdf"], "unknown export format 'pdf'"),
+        (["export", "{tmp}", "--format", "coco"], "not a finished run folder"),
+        (["annotate", "{tmp}/in", "--out", "{tmp}/x", "--export", "pdf"], "unknown export"),
+    ],
+)
+def test_export_mistakes_say_why_exit_2(tmp_path: Path, args: list[str], reason: str) -> None:
+    write_run(tmp_path / "run", {"a.png": np.zeros((4, 4), np.uint8)})
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "in" / "a.png")
+    result = _run(*(a.format(tmp=tmp_path) for a in args), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and reason in lines[0], result.stderr

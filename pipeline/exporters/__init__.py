@@ -7,7 +7,16 @@ from collections.abc import Callable, Sequence
 from pipeline.exporters.coco import export_coco
 from pipeline.exporters.view import ExportError, ExportOptions, RunView, open_run, view_of
 
-__all__ = ["EXPORTERS", "ExportError", "ExportOptions", "RunView", "export", "open_run", "view_of"]
+__all__ = [
+    "EXPORTERS",
+    "ExportError",
+    "ExportOptions",
+    "RunView",
+    "check_formats",
+    "export",
+    "open_run",
+    "view_of",
+]
 
 Exporter = Callable[[RunView, ExportOptions], tuple[str, ...]]
 
@@ -16,11 +25,15 @@ EXPORTERS: dict[str, Exporter] = {
 }
 
 
-def export(view: RunView, formats: Sequence[str], options: ExportOptions) -> tuple[str, ...]:
-    """Write each format in turn; returns the URIs written."""
+def check_formats(formats: Sequence[str]) -> None:
     unknown = [f for f in formats if f not in EXPORTERS]
     if unknown:
         raise ExportError(
             f"unknown export format {unknown[0]!r}; choose from {', '.join(EXPORTERS)}"
         )
+
+
+def export(view: RunView, formats: Sequence[str], options: ExportOptions) -> tuple[str, ...]:
+    """Write each format in turn; returns the URIs written."""
+    check_formats(formats)
     return tuple(uri for name in formats for uri in EXPORTERS[name](view, options))
