@@ -23,7 +23,7 @@ finish_task = task(name="finish", cache_policy=NO_CACHE)(finish_run)
 @flow(name="annotate")
 def annotate_flow(config: RunConfig) -> RunSummary:
     plan = plan_task(config)
-    progress.started(plan.images)
+    progress.started(plan.images - plan.done)
     results = [shard_task(shard, config) for shard in plan.shards]
     summary = finish_task(plan, results)
     create_markdown_artifact(

@@ -300,9 +300,13 @@ def test_polygons_are_faithful_and_area_bbox_are_pycocotools(
         if region.geometry == "polygon":
             assert fidelity >= 0.98
         holes = cv2.connectedComponents((~mask).astype(np.uint8), connectivity=4)[1]
-        enclosed = set(np.unique(holes).tolist()) - set(
-            np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]])).tolist()
-        ) - {0}
+        enclosed = (
+            set(np.unique(holes).tolist())
+            - set(
+                np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]])).tolist()
+            )
+            - {0}
+        )
         assert sum(len(p) - 1 for p in region.polygons) == len(enclosed)  # one ring per hole
         assert region.vertices == sum(len(r) // 2 for p in region.polygons for r in p)
 
