@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from pipeline.exporters.coco import export_coco
+from pipeline.exporters.parquet import export_parquet
 from pipeline.exporters.view import ExportError, ExportOptions, RunView, open_run, view_of
 
 __all__ = [
@@ -22,6 +23,7 @@ Exporter = Callable[[RunView, ExportOptions], tuple[str, ...]]
 
 EXPORTERS: dict[str, Exporter] = {
     "coco": export_coco,
+    "parquet": export_parquet,
 }
 
 
