@@ -72,6 +72,13 @@ def annotate(
     force: Annotated[
         bool, typer.Option("--force", help="Re-label images the run folder already holds.")
     ] = False,
+    instances: Annotated[
+        str | None,
+        typer.Option(help="components (a region per connected part) or semantic (per class)."),
+    ] = None,
+    min_area: Annotated[
+        int | None, typer.Option(help="Drop parts smaller than this many pixels.")
+    ] = None,
 ) -> None:
     """Label every image under SOURCE not yet labeled in --out; write records and exports.
 
@@ -87,6 +94,9 @@ def annotate(
         "exports": tuple(export) if export else None,
         "force": force or None,
     }
+    policy = {"instances": instances, "min_area": min_area}
+    if any(v is not None for v in policy.values()):
+        flags["regions"] = {k: v for k, v in policy.items() if v is not None}
     try:
         config = RunConfig(
             source=source, out=out, **{k: v for k, v in flags.items() if v is not None}

@@ -59,6 +59,10 @@ def test_a_bad_file_is_reported_and_the_rest_labeled_exit_3(tmp_path: Path) -> N
             "batch_size: Input should be greater than or equal to 1",
         ),
         (
+            ["annotate", "{tmp}/one", "--out", "{tmp}/run", "--instances", "polygons"],
+            "regions.instances: Input should be 'components' or 'semantic'",
+        ),
+        (
             ["annotate", "{tmp}/one", "--out", "{tmp}/run", "--model", "{tmp}/one/a.png"],
             "a.png: not a checkpoint",
         ),
