@@ -8,12 +8,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.exporters.view import ExportOptions
 from pipeline.regions import RegionPolicy
+from pipeline.s3 import S3Settings
 
 
 def _default_workers() -> int:
@@ -31,13 +33,15 @@ class RunConfig(BaseSettings):
         env_prefix="PRELABEL_", env_nested_delimiter="__", frozen=True, extra="forbid"
     )
 
-    source: str  # a folder (or, later, an object-store prefix) of images
-    out: str  # the run folder
+    source: str  # a folder or an s3://bucket/prefix of images
+    out: str  # the run folder: a local folder or an s3://bucket/prefix
     model: str = "demo"  # "demo" (bundled) or a checkpoint path: prelabel, torchvision or VainF
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     batch_size: int = Field(8, ge=1, le=1024)
     max_side: int = Field(1024, ge=16)  # longer image side seen by the model; never upscaled
-    max_pixels: int = Field(100_000_000, ge=1)  # larger images are refused before decoding
+    # Larger images are refused from their header, before decoding. The default is Pillow's
+    # decompression-bomb threshold, which also caps it (see pipeline.decode).
+    max_pixels: int = Field(89_478_485, ge=1)
     shard_size: int = Field(256, ge=1)  # images per shard: the unit of work, retry and resume
     workers: int = Field(default_factory=_default_workers, ge=1)  # read + decode threads
     low_confidence: float = Field(0.5, gt=0, lt=1)  # max-softmax below this counts as doubtful
@@ -45,6 +49,15 @@ class RunConfig(BaseSettings):
     exports: tuple[str, ...] = ("coco",)  # formats written when the run ends
     export_options: ExportOptions = ExportOptions()
     force: bool = False  # re-label every image, even those the run folder already holds
+    s3: S3Settings = S3Settings()  # how to reach S3; credentials only from boto3's chain
+
+    @field_validator("source", "out", "model")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        """Local paths made absolute, so a worker in another directory reads the same files."""
+        if value == "demo" or "://" in value:
+            return value
+        return str(Path(value).expanduser().absolute())
 
     @property
     def labeling_hash(self) -> str:

@@ -1,18 +1,20 @@
 """Image bytes to the RGB array the model sees, oriented as people see the image.
 
 Only an allow-list of formats is opened, the pixel count is checked from the header before any
-pixel is decoded, EXIF orientation is applied exactly once, and every PIL mode has an explicit
-conversion to RGB (no silent ``convert("RGB")`` on 16-bit data, which would clip it).
+pixel is decoded (against our limit, or Pillow's where that is lower), EXIF orientation is
+applied exactly once, and every PIL mode has an explicit conversion to RGB (no silent
+``convert("RGB")`` on 16-bit data, which would clip it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import struct
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
@@ -46,10 +48,11 @@ def decode_image(uri: str, data: bytes, *, max_side: int, max_pixels: int) -> De
     if not data:
         raise DecodeError(f"{uri}: empty file")
     try:
-        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-        if image.width * image.height > max_pixels:
+        image = _open(data)
+        limit = _pixel_limit(max_pixels)
+        if image.width * image.height > limit:
             raise DecodeError(
-                f"{uri}: {image.width}x{image.height} px is over the {max_pixels} pixel limit"
+                f"{uri}: {image.width}x{image.height} px is over the {limit} pixel limit"
             )
         frames = getattr(image, "n_frames", 1)
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
@@ -86,6 +89,36 @@ def decode_image(uri: str, data: bytes, *, max_side: int, max_pixels: int) -> De
         mode=mode,
         frames=frames,
     )
+
+
+def _open(data: bytes) -> ImageFile.ImageFile:
+    """``Image.open(..., formats=ALLOWED_FORMATS)`` without its decompression-bomb check.
+
+    That check runs inside ``open``, before the caller sees the size, and between Pillow's
+    ``MAX_IMAGE_PIXELS`` and twice that it only warns. Making one call's warning an error needs
+    ``warnings.catch_warnings``, which changes process-wide state (not thread-safe before Python
+    3.14), so the header is read here and ``decode_image`` refuses by size itself.
+    """
+    Image.init()
+    prefix = data[:16]
+    for fmt in ALLOWED_FORMATS:
+        factory, accept = Image.OPEN[fmt]
+        claimed = accept is None or accept(prefix)
+        if isinstance(claimed, str) or not claimed:
+            continue  # a str: recognised, but Pillow lacks support for it
+        try:
+            return factory(io.BytesIO(data), "")
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            continue  # Image.open's "not this format after all"
+    raise UnidentifiedImageError("cannot identify image file")
+
+
+def _pixel_limit(max_pixels: int) -> int:
+    """Ours, or Pillow's ``MAX_IMAGE_PIXELS`` (read per call) where that is lower: past it, the
+    checks Pillow runs while loading (TIFF, GIF, MPO) would warn and go on decoding, so such an
+    image is refused here instead, as Pillow's warning is an error for this pipeline."""
+    pillow = Image.MAX_IMAGE_PIXELS
+    return max_pixels if pillow is None else min(max_pixels, pillow)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
