@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from pipeline.exporters.coco import export_coco
+from pipeline.exporters.cvat import export_cvat
+from pipeline.exporters.label_studio import export_label_studio
+from pipeline.exporters.masks import export_masks
 from pipeline.exporters.parquet import export_parquet
 from pipeline.exporters.view import ExportError, ExportOptions, RunView, open_run, view_of
 
@@ -23,6 +26,9 @@ Exporter = Callable[[RunView, ExportOptions], tuple[str, ...]]
 
 EXPORTERS: dict[str, Exporter] = {
     "coco": export_coco,
+    "label-studio": export_label_studio,
+    "masks": export_masks,
+    "cvat": export_cvat,
     "parquet": export_parquet,
 }
 
