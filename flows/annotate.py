@@ -1,32 +1,169 @@
-"""The annotate flow: plan, one task per shard, finish. It only wires ``pipeline`` functions."""
+"""The annotate flow: plan, shards, finish. It only wires ``pipeline`` functions.
+
+Shards run in this flow (``local``: one task each) or as flow runs of the shard deployment on
+a work pool (``deployment``: one worker per GPU machine picks them up). Both write the same
+shard files, and the finish step reads the run folder, so outputs are the same either way.
+"""
 
 from __future__ import annotations
 
-from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
+import contextlib
+import hashlib
+import socket
+import time
+from typing import Literal
+from uuid import UUID
 
+from prefect import flow, get_client, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.schemas.objects import FlowRun, State
+from prefect.concurrency.sync import concurrency
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectAlreadyExists
+
+from deeplab.predictor import resolve_device
 from pipeline import progress
-from pipeline.annotate import RunSummary, finish_run, plan_run
+from pipeline.annotate import RunPlan, RunSummary, finish_run, plan_run
 from pipeline.config import RunConfig
-from pipeline.shards import process_shard
+from pipeline.shards import Shard, ShardStats, process_shard
+from pipeline.storage import StorageError
+
+SHARD_DEPLOYMENT = "annotate-shard/shard"
+Executor = Literal["local", "deployment"]
+
+
+def _transient(task: object, task_run: object, state: State) -> bool:
+    """Retry what may pass (storage, network, device memory); bad images never raise."""
+    try:
+        state.result()
+    except (StorageError, ConnectionError, TimeoutError, MemoryError):
+        return True
+    except Exception:
+        return False
+    return False
+
 
 # Inputs hold a whole shard listing and results are cheap to recompute from the run folder,
 # so Prefect's input-hash caching would only cost time.
 plan_task = task(name="plan", cache_policy=NO_CACHE)(plan_run)
-shard_task = task(name="shard", cache_policy=NO_CACHE, task_run_name="{shard.shard_id}")(
-    process_shard
-)
+shard_task = task(
+    name="shard",
+    cache_policy=NO_CACHE,
+    task_run_name="{shard.shard_id}",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=_transient,
+)(process_shard)
 finish_task = task(name="finish", cache_policy=NO_CACHE)(finish_run)
 
 
+@flow(name="annotate-shard", flow_run_name="{shard.shard_id}")
+def shard_flow(shard: Shard, config: RunConfig) -> ShardStats:
+    """One shard, as a worker runs it: holding this machine's device, so two shards never
+    share one GPU however many runs the worker takes."""
+    with concurrency(_device_slot(config.device), occupy=1):
+        return shard_task(shard, config)
+
+
 @flow(name="annotate")
-def annotate_flow(config: RunConfig) -> RunSummary:
+def annotate_flow(
+    config: RunConfig, executor: Executor = "local", shard_deployment: str = SHARD_DEPLOYMENT
+) -> RunSummary:
     plan = plan_task(config)
     progress.started(plan.images - plan.done)
-    results = [shard_task(shard, config) for shard in plan.shards]
-    summary = finish_task(plan, results)
+    tracker = _ProgressArtifact(len(plan.shards))
+    if executor == "local":
+        for shard in plan.shards:
+            shard_task(shard, config)
+            tracker.advance()
+    else:
+        _run_on_deployment(plan, shard_deployment, tracker)
+    summary: RunSummary = finish_task(plan)
+    create_table_artifact(
+        key="annotate-shards",
+        table=[
+            {
+                "shard": s.shard_id,
+                "images": s.images,
+                "failed": s.failed,
+                "regions": s.regions,
+                "work seconds": round(s.work_seconds, 2),
+            }
+            for s in summary.shards
+        ],
+        description="prelabel annotate: per-shard counts and time",
+    )
     create_markdown_artifact(
         key="annotate-summary", markdown=summary.to_markdown(), description="prelabel annotate run"
     )
     return summary
+
+
+class _ProgressArtifact:
+    def __init__(self, shards: int) -> None:
+        self.total, self.done = shards, 0
+        created = create_progress_artifact(
+            progress=100.0 if shards == 0 else 0.0,
+            key="annotate-progress",
+            description="prelabel annotate: shards done",
+        )
+        assert isinstance(created, UUID)  # called from sync code: not a coroutine
+        self.id = created
+
+    def advance(self) -> None:
+        self.done += 1
+        update_progress_artifact(self.id, progress=100.0 * self.done / self.total)
+
+
+def _run_on_deployment(plan: RunPlan, deployment: str, tracker: _ProgressArtifact) -> None:
+    """Submit every shard, then wait for all; a failed shard fails the run after the rest end.
+
+    The idempotency key names the run folder, the shard and its exact images, so a retried
+    parent re-attaches to its shard runs instead of starting them twice."""
+    pending: dict[UUID, Shard] = {}
+    for shard in plan.shards:
+        submitted = run_deployment(
+            name=deployment,
+            parameters={"shard": shard, "config": plan.config},
+            timeout=0,
+            idempotency_key=_idempotency_key(plan.config.out, shard),
+        )
+        assert isinstance(submitted, FlowRun)  # called from sync code: not a coroutine
+        pending[submitted.id] = shard
+    failed: list[str] = []
+    with get_client(sync_client=True) as client:
+        while pending:
+            time.sleep(1)
+            for run_id in list(pending):
+                state = client.read_flow_run(run_id).state
+                if state is None or not state.is_final():
+                    continue
+                shard = pending.pop(run_id)
+                tracker.advance()
+                progress.advanced(len(shard.items))
+                if not state.is_completed():
+                    failed.append(f"{shard.shard_id} ({state.name}: {state.message})")
+    if failed:
+        raise RuntimeError(f"shard runs did not complete: {'; '.join(failed)}")
+
+
+def _idempotency_key(out: str, shard: Shard) -> str:
+    items = "\n".join(f"{i.key}\0{i.etag}" for i in shard.items)
+    return f"{out}:{shard.shard_id}:{hashlib.sha256(items.encode()).hexdigest()[:16]}"
+
+
+def _device_slot(device: str) -> str:
+    """A global concurrency limit of one per device of this host, created on first use."""
+    resolved = str(resolve_device(device)).replace(":", "-")
+    name = f"prelabel-{socket.gethostname()}-{resolved}"
+    # Suppressed: another shard made it first.
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    return name

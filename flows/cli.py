@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -79,6 +79,12 @@ def annotate(
     min_area: Annotated[
         int | None, typer.Option(help="Drop parts smaller than this many pixels.")
     ] = None,
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="local (shards in this process) or deployment (shard runs on a work pool)."
+        ),
+    ] = "local",
 ) -> None:
     """Label every image under SOURCE not yet labeled in --out; write records and exports.
 
@@ -97,18 +103,8 @@ def annotate(
     policy = {"instances": instances, "min_area": min_area}
     if any(v is not None for v in policy.values()):
         flags["regions"] = {k: v for k, v in policy.items() if v is not None}
-    try:
-        config = RunConfig(
-            source=source, out=out, **{k: v for k, v in flags.items() if v is not None}
-        )
-    except ValidationError as exc:
-        _cannot_start("; ".join(_describe(e) for e in exc.errors()))
-    try:
-        preflight(config)
-        check_formats(config.exports)
-    except (RunError, ExportError, StorageError, CheckpointError, ValueError) as exc:
-        _cannot_start(str(exc))
-    summary = _run(config)
+    config = _checked_config(source, out, flags)
+    summary = _run(config, _executor(executor))
     _print_summary(summary)
     if summary.failed:
         raise typer.Exit(EXIT_SOME_FAILED)
@@ -145,23 +141,102 @@ def export_command(
         console.print(f"wrote {uri}", highlight=False, markup=False, soft_wrap=True)
 
 
-def _run(config: RunConfig) -> RunSummary:
-    # Prefect reads its settings when first imported. These defaults suit a local run and can
-    # be overridden from the environment: no usage data sent from the user's machine, time for
-    # a slow first server start, and on a terminal only warnings, so the progress bar stays
-    # readable (logs and pipes get Prefect's INFO lines).
+@app.command("deploy")
+def deploy_command(
+    name: Annotated[str, typer.Argument(help="Deployment name: annotate/NAME.")],
+    source: Annotated[str, typer.Option(help="Folder or bucket prefix of images.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Run folder every run adds to.")],
+    pool: Annotated[str, typer.Option(help="Work pool whose workers run it.")],
+    cron: Annotated[str | None, typer.Option(help='Schedule, e.g. "0 2 * * *".')] = None,
+    model: Annotated[
+        str | None, typer.Option(help="'demo' (bundled) or a checkpoint file.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    executor: Annotated[
+        str, typer.Option(help="local (shards in the flow run) or deployment (on the pool).")
+    ] = "local",
+) -> None:
+    """Create or update a scheduled annotate job on a Prefect work pool.
+
+    Settings not given here come from PRELABEL_* in this environment and are stored in the
+    deployment. Each scheduled run labels only the images added or changed since the last.
+    """
+    config = _checked_config(source, out, {"model": model, "device": device})
+    _prefect_defaults()
+    from flows.deploy import deploy
+
+    deployment_id = deploy(name, config, pool=pool, cron=cron, executor=_executor(executor))
+    console.print(
+        f"deployment annotate/{name} ({deployment_id}) on pool {pool}"
+        + (f", schedule {cron}" if cron else ""),
+        highlight=False,
+        markup=False,
+    )
+
+
+@app.command("serve")
+def serve_command(
+    name: Annotated[str, typer.Argument(help="Deployment name: annotate/NAME.")],
+    source: Annotated[str, typer.Option(help="Folder or bucket prefix of images.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Run folder every run adds to.")],
+    cron: Annotated[str | None, typer.Option(help='Schedule, e.g. "0 2 * * *".')] = None,
+    model: Annotated[
+        str | None, typer.Option(help="'demo' (bundled) or a checkpoint file.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+) -> None:
+    """Serve a scheduled annotate job (and the shard deployment) from this host, without a
+    work pool, until stopped with Ctrl-C."""
+    config = _checked_config(source, out, {"model": model, "device": device})
+    _prefect_defaults()
+    from flows.deploy import serve_here
+
+    serve_here(name, config, cron=cron, executor="local")
+
+
+def _checked_config(source: str, out: str, flags: dict[str, Any]) -> RunConfig:
+    """The run's config, checked as far as possible before anything starts; exit 2 if not."""
+    try:
+        config = RunConfig(
+            source=source, out=out, **{k: v for k, v in flags.items() if v is not None}
+        )
+    except ValidationError as exc:
+        _cannot_start("; ".join(_describe(e) for e in exc.errors()))
+    try:
+        preflight(config)
+        check_formats(config.exports)
+    except (RunError, ExportError, StorageError, CheckpointError, ValueError) as exc:
+        _cannot_start(str(exc))
+    return config
+
+
+def _executor(name: str) -> Literal["local", "deployment"]:
+    if name not in ("local", "deployment"):
+        _cannot_start(f"executor: {name!r} is not 'local' or 'deployment'")
+    return "local" if name == "local" else "deployment"
+
+
+def _prefect_defaults() -> None:
+    """Prefect reads its settings when first imported. These defaults suit a local run and can
+    be overridden from the environment: no usage data sent from the user's machine, time for a
+    slow first server start, and on a terminal only warnings, so the progress bar stays
+    readable (logs and pipes get Prefect's INFO lines)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     if console.is_terminal:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _run(config: RunConfig, executor: Literal["local", "deployment"]) -> RunSummary:
+    _prefect_defaults()
     from flows.annotate import annotate_flow
 
     listener: _BarListener | _LogListener = (
         _BarListener() if console.is_terminal else _LogListener()
     )
     with listener, progress.listening(listener):
-        return annotate_flow(config)
+        return annotate_flow(config, executor=executor)
 
 
 def _cannot_start(reason: str) -> NoReturn:

@@ -4,7 +4,6 @@ functions into a flow; everything here runs and tests without it."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +15,7 @@ from pipeline.exporters import export, view_of
 from pipeline.ledger import Ledger, LedgerConflictError
 from pipeline.models import load_predictor
 from pipeline.run_folder import ModelInfo, RunLayout, RunManifest, code_version
-from pipeline.shards import Shard, ShardResult, plan_shards, process_shard
+from pipeline.shards import Shard, ShardStats, plan_shards, process_shard, shard_stats
 from pipeline.storage import ObjectInfo, storage_for
 
 _EXTENSIONS = ", ".join(sorted(IMAGE_EXTENSIONS))
@@ -49,6 +48,7 @@ class RunSummary:
     class_counts: dict[str, int]
     seconds: float
     exports: tuple[str, ...]
+    shards: tuple[ShardStats, ...]  # this pass's shards
 
     @property
     def labeled(self) -> int:
@@ -115,9 +115,12 @@ def plan_run(config: RunConfig) -> RunPlan:
     return RunPlan(config, shards, len(items), len(items) - len(todo), skipped, model, started)
 
 
-def finish_run(plan: RunPlan, results: Sequence[ShardResult]) -> RunSummary:
+def finish_run(plan: RunPlan) -> RunSummary:
     """Derive the exports from the run folder's records (this pass and earlier ones), then
-    write ``run.json`` last, so a run folder with a manifest is a finished run."""
+    write ``run.json`` last, so a run folder with a manifest is a finished run.
+
+    Everything comes from the run folder, not from the shards' return values, so shards run
+    by remote workers finish the same way."""
     config = plan.config
     layout = _layout(config)
     view = view_of(layout, plan.model, config.regions.background)
@@ -129,6 +132,10 @@ def finish_run(plan: RunPlan, results: Sequence[ShardResult]) -> RunSummary:
         if row["status"] != "ok"
     )
     counts = Counter(view.regions.column("class_name").to_pylist())
+    rows = view.images.to_pylist()
+    shards = tuple(
+        shard_stats(s.shard_id, (r for r in rows if r["shard"] == s.shard_id)) for s in plan.shards
+    )
     manifest = RunManifest(
         prelabel_version=code_version(),
         config=config.model_dump(mode="json"),
@@ -144,7 +151,7 @@ def finish_run(plan: RunPlan, results: Sequence[ShardResult]) -> RunSummary:
     return RunSummary(
         out=config.out,
         images=view.images.num_rows,
-        labeled_now=sum(r.images for r in results),
+        labeled_now=sum(s.images for s in shards),
         done_before=plan.done,
         skipped=plan.skipped,
         failed=failed,
@@ -152,6 +159,7 @@ def finish_run(plan: RunPlan, results: Sequence[ShardResult]) -> RunSummary:
         class_counts={name: counts[name] for name in plan.model.class_names if name in counts},
         seconds=(finished - plan.started_at).total_seconds(),
         exports=exports,
+        shards=shards,
     )
 
 
@@ -159,8 +167,9 @@ def annotate(config: RunConfig) -> RunSummary:
     """The whole run in this process, without Prefect."""
     plan = plan_run(config)
     progress.started(plan.images - plan.done)
-    results = [process_shard(shard, config) for shard in plan.shards]
-    return finish_run(plan, results)
+    for shard in plan.shards:
+        process_shard(shard, config)
+    return finish_run(plan)
 
 
 def _layout(config: RunConfig) -> RunLayout:

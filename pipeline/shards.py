@@ -6,14 +6,17 @@ its two Parquet files appear whole when it ends, or not at all.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import torch
 
 import deeplab
 from pipeline import progress
@@ -38,13 +41,27 @@ class Shard:
 
 
 @dataclass(frozen=True, slots=True)
-class ShardResult:
+class ShardStats:
+    """Counts and time of one shard, for progress and the per-shard table of a run."""
+
     shard_id: str
     images: int
-    failed: tuple[tuple[str, str], ...]  # (key, reason)
+    failed: int
     regions: int
-    class_counts: dict[int, int]
-    seconds: float
+    work_seconds: float  # read + decode + predict + regions, summed over its images
+
+
+def shard_stats(shard_id: str, rows: Iterable[Mapping[str, Any]]) -> ShardStats:
+    """From images-table rows, so a shard run here and one run by a remote worker (read back
+    from the run folder) are reported alike."""
+    images = failed = regions = 0
+    milliseconds = 0.0
+    for row in rows:
+        images += 1
+        failed += row["status"] != "ok"
+        regions += row["region_count"]
+        milliseconds += sum(row[c] for c in ("read_ms", "decode_ms", "predict_ms", "regions_ms"))
+    return ShardStats(shard_id, images, failed, regions, milliseconds / 1000)
 
 
 def plan_shards(items: Sequence[ObjectInfo], shard_size: int, generation: int) -> list[Shard]:
@@ -80,9 +97,8 @@ class _Outputs:
     images: list[ImageRecord] = field(default_factory=list)
 
 
-def process_shard(shard: Shard, config: RunConfig) -> ShardResult:
+def process_shard(shard: Shard, config: RunConfig) -> ShardStats:
     """Label every image of the shard and write ``records/`` and ``images/`` for it."""
-    start = time.perf_counter()
     predictor = load_predictor(config.model, config.device, config.low_confidence)
     source = storage_for(config.source)
 
@@ -134,17 +150,7 @@ def process_shard(shard: Shard, config: RunConfig) -> ShardResult:
         regions_table(regions, predictor.meta.class_names, lineage),
     )
     write_table(layout.storage, layout.images(shard.shard_id), images_table(out.images))
-    counts: dict[int, int] = defaultdict(int)
-    for region in out.regions:
-        counts[region.class_id] += 1
-    return ShardResult(
-        shard_id=shard.shard_id,
-        images=len(out.images),
-        failed=tuple((r.key, r.error or "") for r in out.images if r.status == "failed"),
-        regions=len(out.regions),
-        class_counts=dict(sorted(counts.items())),
-        seconds=time.perf_counter() - start,
-    )
+    return shard_stats(shard.shard_id, (dataclasses.asdict(r) for r in out.images))
 
 
 def _label_batch(
@@ -156,9 +162,7 @@ def _label_batch(
 ) -> None:
     images = [b.image for b in batch if b.image is not None]
     t0 = time.perf_counter()
-    predictions = predictor.predict(
-        [i.pixels for i in images], [(i.height, i.width) for i in images]
-    )
+    predictions = _predict_halving(predictor, images)
     predict_ms = _ms(t0) / len(images)
     for loaded, image, prediction in zip(batch, images, predictions, strict=True):
         t1 = time.perf_counter()
@@ -197,6 +201,25 @@ def _label_batch(
             )
         )
     progress.advanced(len(images))
+
+
+def _predict_halving(
+    predictor: deeplab.Predictor, images: list[DecodedImage]
+) -> list[deeplab.Prediction]:
+    """Out of GPU memory, try the two halves: a batch size that fits most images must not fail
+    a shard on one large bucket. One image that does not fit is a real error."""
+    try:
+        return predictor.predict([i.pixels for i in images], [(i.height, i.width) for i in images])
+    except torch.OutOfMemoryError:
+        if len(images) == 1:
+            raise
+        log.warning("out of device memory at batch %d; halving", len(images))
+        if predictor.device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(images) // 2
+        return _predict_halving(predictor, images[:half]) + _predict_halving(
+            predictor, images[half:]
+        )
 
 
 def _failed(

@@ -1,9 +1,12 @@
-"""Shared test setup: ``gpu`` tests skip cleanly where CUDA is absent."""
+"""Shared test setup: ``gpu`` tests skip cleanly where CUDA is absent; fixtures that start
+real servers live in their own modules."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+
+pytest_plugins = ["tests.prefect_server"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

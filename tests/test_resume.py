@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from deeplab.scenes import scenes
@@ -285,3 +286,26 @@ class _Watcher(threading.Thread):
                 json.loads(path.read_bytes())
         except Exception as exc:  # any failure to parse is a half-written file
             self.partial.append(f"{path}: {exc}")
+
+
+def test_out_of_device_memory_halves_the_batch_and_labels_everything(
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import deeplab
+
+    real_predict = deeplab.Predictor.predict
+    sizes: list[int] = []
+
+    def small_memory(self: deeplab.Predictor, images: list[object], *args: object) -> object:
+        sizes.append(len(images))
+        if len(images) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_predict(self, images, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(deeplab.Predictor, "predict", small_memory)
+    summary = run(source, tmp_path / "run", batch_size=4, shard_size=7)
+    assert summary.failed == () and summary.labeled == 7
+    assert sizes[:3] == [4, 2, 1]  # halved down to what fits
+    reference = run(source, tmp_path / "reference", shard_size=7)
+    assert merged(tmp_path / "run")[1].equals(merged(tmp_path / "reference")[1])
+    assert reference.labeled == 7
