@@ -6,18 +6,15 @@ those settings; the run folder's ledger makes each run label only new and change
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
-from prefect.flows import Flow
+from prefect.types.entrypoint import EntrypointType
 
 from flows.annotate import Executor, annotate_flow, shard_flow
 from pipeline.config import RunConfig
 
-# Workers load the flows from the installed package's own directory: the same code as here.
-_CODE_ROOT = str(Path(__file__).resolve().parent.parent)
 SHARD_DEPLOYMENT_NAME = "shard"
 
 
@@ -27,28 +24,37 @@ def _parameters(config: RunConfig, executor: Executor) -> dict[str, Any]:
 
 def deploy(name: str, config: RunConfig, *, pool: str, cron: str | None, executor: Executor) -> str:
     """Create or update ``annotate/NAME`` (and the shard deployment its workers run) on
-    ``pool``; returns the deployment's id."""
-    entry = "flows/annotate.py:"
-    shard: Flow[..., Any] = shard_flow.from_source(_CODE_ROOT, entry + "shard_flow")  # type: ignore[assignment]
-    shard.deploy(SHARD_DEPLOYMENT_NAME, work_pool_name=pool, print_next_steps=False)
-    annotate: Flow[..., Any] = annotate_flow.from_source(_CODE_ROOT, entry + "annotate_flow")  # type: ignore[assignment]
-    deployment_id = annotate.deploy(
-        name,
-        work_pool_name=pool,
-        cron=cron,
-        parameters=_parameters(config, executor),
-        description=f"prelabel annotate {config.source} -> {config.out}",
-        print_next_steps=False,
-    )
-    return str(deployment_id)
+    ``pool``; returns the deployment's id.
+
+    Entrypoints are module paths (``flows.annotate.annotate_flow``), so a worker runs the
+    prelabel installed where it runs (a container, another machine), not files at this
+    machine's paths: there is nothing to pull."""
+    deployments = [
+        shard_flow.to_deployment(SHARD_DEPLOYMENT_NAME, entrypoint_type=EntrypointType.MODULE_PATH),
+        annotate_flow.to_deployment(
+            name,
+            cron=cron,
+            parameters=_parameters(config, executor),
+            description=f"prelabel annotate {config.source} -> {config.out}",
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        ),
+    ]
+    ids = [_runner(d).apply(work_pool_name=pool) for d in deployments]
+    return str(ids[-1])
 
 
 def serve_here(name: str, config: RunConfig, *, cron: str | None, executor: Executor) -> None:
     """Serve ``annotate/NAME`` on its schedule, and the shard deployment, from this process
     until it is stopped: scheduled jobs on one host without a work pool."""
-    deployments = [
-        annotate_flow.to_deployment(name, cron=cron, parameters=_parameters(config, executor)),
-        shard_flow.to_deployment(SHARD_DEPLOYMENT_NAME),
-    ]
-    # Called from sync code, to_deployment returns the deployment, not a coroutine.
-    serve(*(d for d in deployments if isinstance(d, RunnerDeployment)))
+    serve(
+        _runner(
+            annotate_flow.to_deployment(name, cron=cron, parameters=_parameters(config, executor))
+        ),
+        _runner(shard_flow.to_deployment(SHARD_DEPLOYMENT_NAME)),
+    )
+
+
+def _runner(made: object) -> RunnerDeployment:
+    """Called from sync code, ``to_deployment`` returns the deployment, not a coroutine."""
+    assert isinstance(made, RunnerDeployment)
+    return made

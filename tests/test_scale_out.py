@@ -128,6 +128,8 @@ def test_deploy_schedules_and_each_run_labels_only_new_images(
     deployment = _read(prefect_stack, lambda c: c.read_deployment_by_name("annotate/nightly"))
     assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]
     assert deployment.work_pool_name == prefect_stack.pool
+    # A module entrypoint and nothing to pull: workers run their own installed prelabel.
+    assert (deployment.entrypoint, deployment.pull_steps) == ("flows.annotate.annotate_flow", [])
 
     def run_now() -> str:
         started = _read(prefect_stack, lambda c: c.create_flow_run_from_deployment(deployment.id))
