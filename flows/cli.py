@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn
 
 import typer
@@ -36,7 +35,7 @@ from pipeline.exporters import (
     check_formats,
     open_run,
 )
-from pipeline.storage import StorageError
+from pipeline.storage import StorageError, storage_for
 
 EXIT_OK, EXIT_CANNOT_START, EXIT_SOME_FAILED = 0, 2, 3
 
@@ -53,7 +52,9 @@ def main() -> None:
 
 @app.command()
 def annotate(
-    source: Annotated[str, typer.Argument(help="Folder of images (searched recursively).")],
+    source: Annotated[
+        str, typer.Argument(help="Folder or s3://bucket/prefix of images (recursive).")
+    ],
     out: Annotated[str, typer.Option("--out", "-o", help="Run folder to write.")],
     model: Annotated[
         str | None, typer.Option(help="'demo' (bundled) or a checkpoint file.")
@@ -338,7 +339,7 @@ def _print_summary(summary: RunSummary) -> None:
     if summary.failed:
         console.print(
             f"[bold yellow]{len(summary.failed)} images failed[/] "
-            f"(table: {Path(summary.out) / 'images'}):"
+            f"(table: {storage_for(summary.out).join(summary.out, 'images')}):"
         )
         for _, reason in summary.failed:
             console.print(f"  {reason}", highlight=False, markup=False, soft_wrap=True)

@@ -78,10 +78,10 @@ def preflight(config: RunConfig) -> None:
     """The checks that make a run fail before it starts: an image in the source, the output
     writable, the model loadable, the run folder free of another model's labels. Cheap: the
     listing stops at the first image, and the model stays cached for the run."""
-    listing = storage_for(config.source).list(config.source)
+    listing = storage_for(config.source, config).list(config.source)
     if not any(is_image_name(item.key) for item in listing):
         raise RunError(f"{config.source}: no images found (looked for {_EXTENSIONS})")
-    storage_for(config.out).ensure_writable(config.out)
+    storage_for(config.out, config).ensure_writable(config.out)
     meta = load_predictor(config.model, config.device, config.low_confidence).meta
     _check_ledger(Ledger.load(_layout(config)), config, meta.model_version)
 
@@ -90,8 +90,8 @@ def plan_run(config: RunConfig) -> RunPlan:
     """List the source, leave out what the run folder already holds, cut the rest into shards
     and load the model once, so a run that cannot work fails here."""
     started = datetime.now(UTC)
-    storage_for(config.out).ensure_writable(config.out)
-    listed = list(storage_for(config.source).list(config.source))
+    storage_for(config.out, config).ensure_writable(config.out)
+    listed = list(storage_for(config.source, config).list(config.source))
     # Sorted by key: shards, ids and outputs are the same whatever order the store lists in.
     items = sorted(
         (i for i in listed if is_image_name(i.key) and not _inside(i, config.out)),
@@ -173,7 +173,7 @@ def annotate(config: RunConfig) -> RunSummary:
 
 
 def _layout(config: RunConfig) -> RunLayout:
-    return RunLayout(storage_for(config.out), config.out)
+    return RunLayout(storage_for(config.out, config), config.out)
 
 
 def _check_ledger(ledger: Ledger, config: RunConfig, model_version: str) -> None:

@@ -9,9 +9,12 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from deeplab.files import write_atomic
+
+if TYPE_CHECKING:
+    from pipeline.s3 import S3Settings
 
 
 class StorageError(OSError):
@@ -89,9 +92,25 @@ def _raise(exc: OSError) -> None:
     raise StorageError(f"{exc.filename}: cannot list ({exc.strerror})") from exc
 
 
-def storage_for(uri: str) -> Storage:
-    """The storage that serves ``uri``'s scheme."""
+class StorageConfig(Protocol):
+    """What a storage takes from a run's config (``RunConfig`` has both)."""
+
+    @property
+    def s3(self) -> S3Settings: ...
+    @property
+    def workers(self) -> int: ...  # reader threads: the S3 connection pool is sized to them
+
+
+def storage_for(uri: str, config: StorageConfig | None = None) -> Storage:
+    """The storage that serves ``uri``'s scheme; without a config, S3 takes its defaults and
+    whatever boto3 finds in the environment."""
     if "://" not in uri:
         return LocalStorage()
     scheme = uri.split("://", 1)[0]
-    raise ValueError(f"{uri}: unsupported storage scheme {scheme!r}; give a local folder")
+    if scheme == "s3":
+        from pipeline.s3 import S3Storage  # boto3 loads only when a run touches S3
+
+        if config is None:
+            return S3Storage()
+        return S3Storage(config.s3, threads=config.workers)
+    raise ValueError(f"{uri}: unsupported storage scheme {scheme!r}; give a local folder or s3://")

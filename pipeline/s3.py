@@ -1,0 +1,237 @@
+"""Images and runs in S3 or an S3-compatible store, through boto3.
+
+Credentials come only from boto3's own chain (``AWS_*`` variables, profiles, instance roles): no
+setting here can hold one, so neither ``run.json`` nor a log line can leak it. The endpoint comes
+from the settings or, as boto3 itself does, from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``.
+Keys are taken as they are: S3 has no folders to escape, so ``../x`` is a key like any other, and
+nothing here turns a key into a local path.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import boto3  # type: ignore[import-untyped]
+from botocore.config import Config  # type: ignore[import-untyped]
+from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
+
+from pipeline.storage import ObjectInfo, StorageError
+
+SCHEME = "s3://"
+MAX_PUT_BYTES = 5 * 1024**3  # S3's limit for a single PUT
+_MISSING = {"404", "NoSuchKey", "NotFound"}
+# What boto3 reads from the environment to pick an endpoint, region or profile: a client made
+# under other values is another client.
+_ENVIRONMENT = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_PROFILE")
+
+
+def _check_endpoint(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("endpoint_url must be an http(s) URL")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            "endpoint_url must not hold credentials; give them through the AWS credential chain "
+            "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile or a role)"
+        )
+    return value
+
+
+def _redacted(url: str) -> str:
+    """``url`` with any user and password masked."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(not a URL)"
+    if parts.username is None and parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
+class S3Settings(BaseModel):
+    """How to reach the store; who is asking is boto3's credential chain's business."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # An S3-compatible server; else boto3's own resolution (AWS_ENDPOINT_URL_S3, ...).
+    endpoint_url: Annotated[str, AfterValidator(_check_endpoint)] | None = None
+    region: str | None = None  # else AWS_DEFAULT_REGION or the profile's
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"  # "path" for most servers
+    max_pool_connections: int | None = Field(None, ge=1)  # else sized to the reader threads
+    connect_timeout: float = Field(10.0, gt=0)  # seconds
+    read_timeout: float = Field(60.0, gt=0)  # seconds
+    max_attempts: int = Field(5, ge=1)  # per request, first try included ("standard" retries)
+
+    @field_validator("endpoint_url", mode="wrap")
+    @classmethod
+    def _hide_credentials(cls, value: object, handler: ValidatorFunctionWrapHandler) -> object:
+        """A validation error quotes its input: mask a user:password in the URL before the
+        check refuses it, so the secret reaches no terminal or log."""
+        return handler(_redacted(value) if isinstance(value, str) else value)
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/key`` -> ``("bucket", "some/key")``, the key kept byte for byte."""
+    if not uri.startswith(SCHEME):
+        raise StorageError(f"{uri}: not an s3:// URI")
+    bucket, _, key = uri.removeprefix(SCHEME).partition("/")
+    if not bucket:
+        raise StorageError(f"{uri}: no bucket name")
+    return bucket, key
+
+
+class S3Storage:
+    """Objects in S3; URIs are ``s3://bucket/key``."""
+
+    def __init__(
+        self, settings: S3Settings | None = None, *, threads: int = 8, page_size: int = 1000
+    ) -> None:
+        self.settings = settings or S3Settings()
+        self.pool = self.settings.max_pool_connections or max(10, threads + 2)
+        self.page_size = page_size  # keys per listing request; S3 returns at most 1000
+
+    @property
+    def client(self) -> Any:
+        return _client(self.settings, self.pool)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object under ``prefix`` taken as a folder (``p`` lists ``p/...``, not
+        ``p2/...``), in S3's key order; keys ending in ``/`` are folder markers, not files."""
+        bucket, key = split_uri(prefix)
+        folder = key.rstrip("/") + "/" if key.strip("/") else ""
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=folder, PaginationConfig={"PageSize": self.page_size}
+        )
+        try:
+            for page in pages:
+                for item in page.get("Contents", ()):
+                    name: str = item["Key"]
+                    if name.endswith("/"):
+                        continue
+                    yield ObjectInfo(
+                        uri=f"{SCHEME}{bucket}/{name}",
+                        key=name[len(folder) :],
+                        size=int(item["Size"]),
+                        etag=str(item["ETag"]).strip('"'),
+                    )
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"{prefix}: cannot list ({_reason(exc)})") from exc
+
+    def read(self, uri: str) -> bytes:
+        bucket, key = split_uri(uri)
+        try:
+            data: bytes = self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"{uri}: cannot read ({_reason(exc)})") from exc
+        return data
+
+    def write_atomic(self, uri: str, data: bytes) -> None:
+        """One PUT: S3 shows readers the old object or the whole new one, never a part."""
+        bucket, key = split_uri(uri)
+        if len(data) > MAX_PUT_BYTES:
+            raise StorageError(f"{uri}: cannot write {len(data)} bytes in one PUT (limit 5 GiB)")
+        try:
+            self.client.put_object(Bucket=bucket, Key=key, Body=data)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"{uri}: cannot write ({_reason(exc)})") from exc
+
+    def exists(self, uri: str) -> bool:
+        bucket, key = split_uri(uri)
+        try:
+            self.client.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                return False
+            raise StorageError(f"{uri}: cannot check ({_reason(exc)})") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"{uri}: cannot check ({_reason(exc)})") from exc
+        return True
+
+    def join(self, base: str, *parts: str) -> str:
+        """Key parts joined with ``/``; a part that is empty, ``.`` or ``..`` is refused, so
+        every joined key stays under ``base`` for any tool that reads keys as paths."""
+        segments = [segment for part in parts for segment in part.split("/")]
+        bad = [s for s in segments if s in ("", ".", "..")]
+        if bad:
+            raise ValueError(f"{base}: refusing to join {parts!r} (empty, '.' or '..' segment)")
+        return "/".join([base.rstrip("/"), *segments])
+
+    def ensure_writable(self, prefix: str) -> None:
+        """The bucket exists and takes a small probe object under ``prefix``, then lets it be
+        removed: fail now, not after the first shard's work."""
+        bucket, key = split_uri(prefix)
+        try:
+            self.client.head_bucket(Bucket=bucket)
+        except (ClientError, BotoCoreError) as exc:
+            why = {"404": "no such bucket", "403": "access denied"}.get(_code(exc), _reason(exc))
+            raise StorageError(f"{prefix}: bucket {bucket!r} is not usable ({why})") from exc
+        probe = "/".join(filter(None, [key.strip("/"), f".prelabel-probe-{uuid.uuid4().hex}"]))
+        try:
+            self.client.put_object(Bucket=bucket, Key=probe, Body=b"")
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(
+                f"{prefix}: cannot write to bucket {bucket!r} ({_reason(exc)})"
+            ) from exc
+        try:
+            self.client.delete_object(Bucket=bucket, Key=probe)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(
+                f"{prefix}: bucket {bucket!r} took the probe object {probe!r} but cannot delete "
+                f"it ({_reason(exc)})"
+            ) from exc
+
+
+def _code(exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", "unknown"))
+    return type(exc).__name__
+
+
+def _reason(exc: Exception) -> str:
+    """The S3 error code (``NoSuchKey``, ``AccessDenied``, ``SlowDown``) and how many tries it
+    took; for network failures, botocore's one-line description."""
+    if not isinstance(exc, ClientError):
+        return str(exc)
+    retries = int(exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0))
+    return f"{_code(exc)} after {retries + 1} attempts" if retries else _code(exc)
+
+
+_lock = threading.Lock()
+_clients: dict[tuple[object, ...], Any] = {}
+
+
+def _client(settings: S3Settings, pool: int) -> Any:
+    """One client per process and configuration: boto3 clients are thread-safe (sessions are
+    not, so each client gets its own), and reusing one keeps its connection pool warm."""
+    key = (os.getpid(), settings, pool, *(os.environ.get(name) for name in _ENVIRONMENT))
+    with _lock:
+        client = _clients.get(key)
+        if client is None:
+            config = Config(
+                retries={"mode": "standard", "total_max_attempts": settings.max_attempts},
+                connect_timeout=settings.connect_timeout,
+                read_timeout=settings.read_timeout,
+                max_pool_connections=pool,
+                s3={"addressing_style": settings.addressing_style},
+            )
+            client = boto3.session.Session().client(
+                "s3",
+                endpoint_url=settings.endpoint_url,
+                region_name=settings.region,
+                config=config,
+            )
+            _clients[key] = client
+    return client
