@@ -18,6 +18,7 @@ class Region:
     image_id: str
     class_id: int
     score: float  # mean confidence (max softmax) over the region's pixels, 0..1
+    low_confidence_share: float  # share of its pixels under the run's low-confidence threshold
     area: int  # pixels on the mask, not the box: COCO readers take `area` as mask area
     bbox: tuple[int, int, int, int]  # x, y, w, h of the mask, as pycocotools' toBbox
     polygons: tuple[Polygon, ...]
@@ -52,6 +53,9 @@ class ImageRecord:
     region_count: int
     mean_confidence: float | None
     low_confidence_share: float | None
+    boundary_uncertainty: float | None  # 1 - mean confidence within 2 px of class boundaries
+    fragments: int | None  # speckle components dropped under the minimum area
+    review_priority: float | None  # expected share of wrong pixels; higher is reviewed first
     read_ms: float
     decode_ms: float
     predict_ms: float  # the image's share of its batch's forward pass

@@ -19,7 +19,7 @@ from pipeline.polygons import polygons_from_mask, rasterize_polygons
 from pipeline.records import Region
 from pipeline.rle import area_of_rle, bbox_of_rle, rle_from_crop
 
-__all__ = ["RegionPolicy", "regions_from_class_map"]
+__all__ = ["ImageRegions", "RegionPolicy", "image_regions", "regions_from_class_map"]
 
 
 class RegionPolicy(BaseModel):
@@ -43,18 +43,40 @@ class _Component:
     first: tuple[int, int]  # (row, column) of its first pixel in raster order
 
 
+@dataclass(frozen=True, slots=True)
+class ImageRegions:
+    regions: list[Region]
+    fragments: int  # components dropped as smaller than the policy's minimum area
+
+
 def regions_from_class_map(
     class_map: npt.NDArray[np.uint8],
     confidence: npt.NDArray[np.uint8],
     *,
     image_id: str,
     policy: RegionPolicy,
+    low_confidence: float = 0.5,
 ) -> list[Region]:
     """Regions ordered by class id, then by each region's first pixel in raster order.
 
-    ``confidence`` is the max softmax scaled to 0..255; a region's score is its mean / 255.
+    ``confidence`` is the max softmax scaled to 0..255; a region's score is its mean / 255,
+    and its low-confidence share the share of its pixels under ``low_confidence``.
     The order is set here: OpenCV's contour and label numbering follow no documented order.
     """
+    return image_regions(
+        class_map, confidence, image_id=image_id, policy=policy, low_confidence=low_confidence
+    ).regions
+
+
+def image_regions(
+    class_map: npt.NDArray[np.uint8],
+    confidence: npt.NDArray[np.uint8],
+    *,
+    image_id: str,
+    policy: RegionPolicy,
+    low_confidence: float = 0.5,
+) -> ImageRegions:
+    """:func:`regions_from_class_map`, and the count of speckle components it dropped."""
     if class_map.ndim != 2 or class_map.dtype != np.uint8:
         raise ValueError(f"class_map must be 2-D uint8, got {class_map.dtype} {class_map.shape}")
     if confidence.shape != class_map.shape or confidence.dtype != np.uint8:
@@ -63,24 +85,35 @@ def regions_from_class_map(
             f"got {confidence.dtype} {confidence.shape}"
         )
     regions: list[Region] = []
+    fragments = 0
+    context = _Context(image_id, policy, round(low_confidence * 255))
     for class_id in np.flatnonzero(np.bincount(class_map.ravel(), minlength=256)).tolist():
         if class_id != policy.background:
-            regions += _class_regions(class_map, confidence, class_id, image_id, policy)
-    return _within_vertex_budget(regions, policy.max_vertices)
+            found, dropped = _class_regions(class_map, confidence, class_id, context)
+            regions += found
+            fragments += dropped
+    return ImageRegions(_within_vertex_budget(regions, policy.max_vertices), fragments)
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    image_id: str
+    policy: RegionPolicy
+    low_threshold: int  # confidence values under this (0..255) are doubtful
 
 
 def _class_regions(
     class_map: npt.NDArray[np.uint8],
     confidence: npt.NDArray[np.uint8],
     class_id: int,
-    image_id: str,
-    policy: RegionPolicy,
-) -> list[Region]:
+    context: _Context,
+) -> tuple[list[Region], int]:
+    policy = context.policy
     mask = (class_map == class_id).view(np.uint8)
     _, labels = cv2.connectedComponents(mask, connectivity=8)
-    components = _components(mask, labels, policy.min_area)
+    components, dropped = _components(mask, labels, policy.min_area)
     if not components:
-        return []
+        return [], dropped
     groups = [components] if policy.instances == "semantic" else [[c] for c in components]
     regions = []
     for group in groups:
@@ -93,24 +126,18 @@ def _class_regions(
         )
         if policy.fill_holes_below:
             crop = _fill_small_holes(crop, policy.fill_holes_below)
+        window_confidence = confidence[y0:y1, x0:x1]
         regions.append(
-            _region(
-                crop,
-                confidence[y0:y1, x0:x1],
-                (x0, y0),
-                class_map.shape,
-                class_id,
-                image_id,
-                policy,
-            )
+            _region(crop, window_confidence, (x0, y0), class_map.shape, class_id, context)
         )
-    return regions
+    return regions, dropped
 
 
 def _components(
     mask: npt.NDArray[np.uint8], labels: npt.NDArray[np.int32], min_area: int
-) -> list[_Component]:
-    """Components of at least ``min_area`` pixels, in raster order of their first pixel.
+) -> tuple[list[_Component], int]:
+    """Components of at least ``min_area`` pixels, in raster order of their first pixel, and
+    how many smaller ones were dropped.
 
     Boxes come from the outer borders, not connectedComponentsWithStats, whose stats cost
     about twice the labelling itself. With 8-connected foreground each component has exactly
@@ -118,17 +145,23 @@ def _components(
     """
     borders, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     found = []
+    dropped = 0
     for border, (_, _, _, parent) in zip(borders, hierarchy[0], strict=True):
+        if parent != -1:
+            continue
         x0, y0, w, h = cv2.boundingRect(border)
-        if parent != -1 or w * h < min_area:
+        if w * h < min_area:
+            dropped += 1
             continue
         x, y = border[0, 0].tolist()
         label = int(labels[y, x])
         crop = labels[y0 : y0 + h, x0 : x0 + w] == label
         if np.count_nonzero(crop) >= min_area:
             found.append(_Component(label, (x0, y0, w, h), (y0, x0 + int(np.argmax(crop[0])))))
+        else:
+            dropped += 1
     found.sort(key=lambda c: c.first)
-    return found
+    return found, dropped
 
 
 def _union_box(boxes: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
@@ -159,20 +192,22 @@ def _region(
     origin: tuple[int, int],
     shape: tuple[int, ...],
     class_id: int,
-    image_id: str,
-    policy: RegionPolicy,
+    context: _Context,
 ) -> Region:
+    policy = context.policy
     (x0, y0), (height, width) = origin, shape
     pixels = int(np.count_nonzero(crop))
+    inside = confidence[crop]
     rle = rle_from_crop(crop, x0=x0, y0=y0, height=height, width=width)
     polygons = polygons_from_mask(crop, x0=x0, y0=y0, tolerance=policy.simplify_tolerance)
     drawn = rasterize_polygons(polygons, crop.shape, origin=origin)
     union = int(np.count_nonzero(drawn | crop))
     fidelity = int(np.count_nonzero(drawn & crop)) / union if union else 1.0
     return Region(
-        image_id=image_id,
+        image_id=context.image_id,
         class_id=class_id,
-        score=int(confidence[crop].sum()) / pixels / 255,
+        score=int(inside.sum()) / pixels / 255,
+        low_confidence_share=int(np.count_nonzero(inside < context.low_threshold)) / pixels,
         area=area_of_rle(rle, height=height, width=width),
         bbox=bbox_of_rle(rle, height=height, width=width),
         polygons=polygons,

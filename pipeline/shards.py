@@ -24,10 +24,11 @@ from pipeline.config import RunConfig
 from pipeline.decode import DecodedImage, DecodeError, decode_image
 from pipeline.models import load_predictor
 from pipeline.records import ImageRecord, Region
-from pipeline.regions import regions_from_class_map
+from pipeline.regions import image_regions
 from pipeline.run_folder import RunLayout
 from pipeline.storage import ObjectInfo, StorageError, storage_for
 from pipeline.tables import images_table, regions_table, stable_id, write_table
+from pipeline.uncertainty import image_uncertainty
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -100,7 +101,7 @@ class _Outputs:
 def process_shard(shard: Shard, config: RunConfig) -> ShardStats:
     """Label every image of the shard and write ``records/`` and ``images/`` for it."""
     predictor = load_predictor(config.model, config.device, config.low_confidence)
-    source = storage_for(config.source)
+    source = storage_for(config.source, config)
 
     def load(item: ObjectInfo) -> _Loaded:
         t0 = time.perf_counter()
@@ -142,7 +143,7 @@ def process_shard(shard: Shard, config: RunConfig) -> ShardStats:
     lineage = {
         r.image_id: f"{r.content_hash}:{r.model_version}:{r.config_hash}" for r in out.images
     }
-    layout = RunLayout(storage_for(config.out), config.out)
+    layout = RunLayout(storage_for(config.out, config), config.out)
     # Records first: the images file is what the ledger reads, so it must come last.
     write_table(
         layout.storage,
@@ -167,8 +168,19 @@ def _label_batch(
     for loaded, image, prediction in zip(batch, images, predictions, strict=True):
         t1 = time.perf_counter()
         image_id = image_id_for(loaded.item.key)
-        regions = regions_from_class_map(
-            prediction.class_map, prediction.confidence, image_id=image_id, policy=config.regions
+        found = image_regions(
+            prediction.class_map,
+            prediction.confidence,
+            image_id=image_id,
+            policy=config.regions,
+            low_confidence=config.low_confidence,
+        )
+        regions = found.regions
+        doubt = image_uncertainty(
+            prediction.class_map,
+            prediction.confidence,
+            low_confidence=config.low_confidence,
+            fragments=found.fragments,
         )
         out.regions += regions
         out.images.append(
@@ -192,8 +204,11 @@ def _label_batch(
                 mode=image.mode,
                 frames=image.frames,
                 region_count=len(regions),
-                mean_confidence=prediction.mean_confidence,
-                low_confidence_share=prediction.low_confidence_share,
+                mean_confidence=doubt.mean_confidence,
+                low_confidence_share=doubt.low_confidence_share,
+                boundary_uncertainty=doubt.boundary_uncertainty,
+                fragments=doubt.fragments,
+                review_priority=doubt.review_priority,
                 read_ms=loaded.read_ms,
                 decode_ms=loaded.decode_ms,
                 predict_ms=predict_ms,
@@ -248,6 +263,9 @@ def _failed(
         region_count=0,
         mean_confidence=None,
         low_confidence_share=None,
+        boundary_uncertainty=None,
+        fragments=None,
+        review_priority=None,
         read_ms=loaded.read_ms,
         decode_ms=loaded.decode_ms,
         predict_ms=0.0,
