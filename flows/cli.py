@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any, Literal
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -25,6 +24,7 @@ from rich.progress import (
 from rich.table import Table
 
 from deeplab import CheckpointError
+from flows.cli_common import EXIT_SOME_FAILED, cannot_start, console, describe
 from pipeline import exporters, progress
 from pipeline.annotate import RunError, RunSummary, preflight
 from pipeline.config import RunConfig
@@ -37,12 +37,9 @@ from pipeline.exporters import (
 )
 from pipeline.storage import StorageError, storage_for
 
-EXIT_OK, EXIT_CANNOT_START, EXIT_SOME_FAILED = 0, 2, 3
-
 _FORMATS = ", ".join(EXPORTERS)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-console = Console(stderr=True)
 
 
 @app.callback()
@@ -135,9 +132,9 @@ def export_command(
         check_formats(formats)
         written = exporters.export(open_run(run), formats, options)
     except ValidationError as exc:
-        _cannot_start("; ".join(_describe(e) for e in exc.errors()))
+        cannot_start("; ".join(describe(e) for e in exc.errors()))
     except (ExportError, StorageError) as exc:
-        _cannot_start(str(exc))
+        cannot_start(str(exc))
     for uri in written:
         console.print(f"wrote {uri}", highlight=False, markup=False, soft_wrap=True)
 
@@ -202,18 +199,18 @@ def _checked_config(source: str, out: str, flags: dict[str, Any]) -> RunConfig:
             source=source, out=out, **{k: v for k, v in flags.items() if v is not None}
         )
     except ValidationError as exc:
-        _cannot_start("; ".join(_describe(e) for e in exc.errors()))
+        cannot_start("; ".join(describe(e) for e in exc.errors()))
     try:
         preflight(config)
         check_formats(config.exports)
     except (RunError, ExportError, StorageError, CheckpointError, ValueError) as exc:
-        _cannot_start(str(exc))
+        cannot_start(str(exc))
     return config
 
 
 def _executor(name: str) -> Literal["local", "deployment"]:
     if name not in ("local", "deployment"):
-        _cannot_start(f"executor: {name!r} is not 'local' or 'deployment'")
+        cannot_start(f"executor: {name!r} is not 'local' or 'deployment'")
     return "local" if name == "local" else "deployment"
 
 
@@ -238,16 +235,6 @@ def _run(config: RunConfig, executor: Literal["local", "deployment"]) -> RunSumm
     )
     with listener, progress.listening(listener):
         return annotate_flow(config, executor=executor)
-
-
-def _cannot_start(reason: str) -> NoReturn:
-    console.print(f"[bold red]prelabel: cannot start:[/] {reason}", highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_CANNOT_START)
-
-
-def _describe(error: object) -> str:
-    loc = ".".join(str(p) for p in error["loc"])  # type: ignore[index]
-    return f"{loc}: {error['msg']}"  # type: ignore[index]
 
 
 class _BarListener:
