@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from deeplab.meta import ModelMeta
 from deeplab.model import DeepLab
 from deeplab.preprocess import Normalizer
+from deeplab.tiling import predict_tiled
 
 Precision = Literal["float32", "bfloat16", "float16"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -96,6 +97,31 @@ class Predictor:
                 for row, i in enumerate(indices):
                     results[i] = self._decode(logits[row : row + 1], tuple(sizes[i]))
         return [r for r in results if r is not None]
+
+    def predict_tiled(
+        self, image: np.ndarray, *, tile: int = 1024, overlap: int = 128, batch_size: int = 4
+    ) -> Prediction:
+        """One large image in overlapping ``tile`` x ``tile`` windows, ``batch_size`` at a time,
+        blended before the argmax; memory grows with the image's width, not its area."""
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected HxWx3 uint8, not {image.dtype} {image.shape}")
+        if not 0 <= overlap < tile:
+            raise ValueError(f"overlap {overlap} must be in 0..{tile - 1}")
+        with torch.inference_mode():
+            classes, confidence = predict_tiled(
+                self._forward,
+                image,
+                tile=tile,
+                overlap=overlap,
+                batch_size=batch_size,
+                device=self.device,
+            )
+        return Prediction(
+            class_map=classes.numpy(),
+            confidence=(confidence * 255).round_().to(torch.uint8).numpy(),
+            mean_confidence=float(confidence.mean()),
+            low_confidence_share=float((confidence < self.low_confidence).float().mean()),
+        )
 
     def _forward(self, batch: np.ndarray) -> torch.Tensor:
         host = torch.from_numpy(batch)
