@@ -34,7 +34,7 @@ def run_once(source: str, out: str, device: str) -> None:
     from pipeline.models import load_predictor
 
     config = RunConfig(source=source, out=out, device=device)
-    load_predictor(config.model, config.device, config.low_confidence)  # cached for the run
+    load_predictor(config)  # cached for the run
     loaded_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     summary = annotate(config)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -59,6 +59,7 @@ class Predictor:
         precision: Precision | None = None,
         channels_last: bool = True,
         low_confidence: float = 0.5,
+        compile: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         on_cuda = self.device.type == "cuda"
@@ -71,6 +72,11 @@ class Predictor:
         self.model = model.eval().to(self.device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if on_cuda:
+            torch.backends.cudnn.benchmark = True  # sizes repeat within a run: tune once each
+        self._logits = (
+            torch.compile(self.model.forward_logits) if compile else self.model.forward_logits
+        )
         self._normalize = Normalizer(meta, self.device)
 
     def predict(
@@ -131,7 +137,7 @@ class Predictor:
         x = self._normalize(device_batch, channels_last=self.channels_last)
         dtype = _DTYPES[self.precision]
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
-            logits: torch.Tensor = self.model.forward_logits(x)
+            logits: torch.Tensor = self._logits(x)
         return logits
 
     def _decode(self, logits: torch.Tensor, size: tuple[int, ...]) -> Prediction:

@@ -82,7 +82,7 @@ def preflight(config: RunConfig) -> None:
     if not any(is_image_name(item.key) for item in listing):
         raise RunError(f"{config.source}: no images found (looked for {_EXTENSIONS})")
     storage_for(config.out, config).ensure_writable(config.out)
-    meta = load_predictor(config.model, config.device, config.low_confidence).meta
+    meta = load_predictor(config).meta
     _check_ledger(Ledger.load(_layout(config)), config, meta.model_version)
 
 
@@ -99,7 +99,7 @@ def plan_run(config: RunConfig) -> RunPlan:
     )
     if not items:
         raise RunError(f"{config.source}: no images found (looked for {_EXTENSIONS})")
-    meta = load_predictor(config.model, config.device, config.low_confidence).meta
+    meta = load_predictor(config).meta
     ledger = Ledger.load(_layout(config))
     _check_ledger(ledger, config, meta.model_version)
     todo = items if config.force else ledger.todo(items)

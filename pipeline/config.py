@@ -9,8 +9,9 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.exporters.view import ExportOptions
@@ -45,11 +46,27 @@ class RunConfig(BaseSettings):
     shard_size: int = Field(256, ge=1)  # images per shard: the unit of work, retry and resume
     workers: int = Field(default_factory=_default_workers, ge=1)  # read + decode threads
     low_confidence: float = Field(0.5, gt=0, lt=1)  # max-softmax below this counts as doubtful
+    # Images over max_side: "downscale" to it, or "tile": full resolution in overlapping
+    # tile_size windows (slower, finer boundaries; memory follows the width).
+    large_images: Literal["downscale", "tile"] = "downscale"
+    tile_size: int = Field(1024, ge=64)
+    tile_overlap: int = Field(256, ge=0)
+    # auto: bfloat16 autocast on CUDA, float32 on the CPU. See README for the trade-offs.
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    compile: bool = False  # torch.compile the model: pays a compile per input size
     regions: RegionPolicy = RegionPolicy()
     exports: tuple[str, ...] = ("coco",)  # formats written when the run ends
     export_options: ExportOptions = ExportOptions()
     force: bool = False  # re-label every image, even those the run folder already holds
     s3: S3Settings = S3Settings()  # how to reach S3; credentials only from boto3's chain
+
+    @model_validator(mode="after")
+    def _tiles_overlap_less_than_a_tile(self) -> RunConfig:
+        if self.tile_overlap >= self.tile_size:
+            raise ValueError(
+                f"tile_overlap {self.tile_overlap} must be under tile_size {self.tile_size}"
+            )
+        return self
 
     @field_validator("source", "out", "model")
     @classmethod
@@ -64,6 +81,16 @@ class RunConfig(BaseSettings):
         """Hash of the settings that change labels for the same model and image: a run folder
         holds labels from one of these, so reruns never mix two."""
         decisive = self.model_dump(
-            mode="json", include={"max_side", "max_pixels", "low_confidence", "regions"}
+            mode="json",
+            include={
+                "max_side",
+                "max_pixels",
+                "low_confidence",
+                "regions",
+                "large_images",
+                "tile_size",
+                "tile_overlap",
+                "precision",
+            },
         )
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import deeplab
 from deeplab.demo import DEMO_CHECKPOINT
+from pipeline.config import RunConfig
 
 DEMO = "demo"
 
@@ -20,7 +21,23 @@ def resolve_checkpoint(ref: str) -> Path:
     return DEMO_CHECKPOINT if ref == DEMO else Path(ref).expanduser()
 
 
+def load_predictor(config: RunConfig) -> deeplab.Predictor:
+    """The run's predictor, loaded once per process for the settings that shape it."""
+    return _cached(
+        config.model, config.device, config.low_confidence, config.precision, config.compile
+    )
+
+
 @lru_cache(maxsize=2)
-def load_predictor(ref: str, device: str, low_confidence: float) -> deeplab.Predictor:
+def _cached(
+    ref: str, device: str, low_confidence: float, precision: str, compile: bool
+) -> deeplab.Predictor:
     model, meta = deeplab.load(resolve_checkpoint(ref))
-    return deeplab.Predictor(model, meta, device=device, low_confidence=low_confidence)
+    return deeplab.Predictor(
+        model,
+        meta,
+        device=device,
+        low_confidence=low_confidence,
+        precision=None if precision == "auto" else precision,  # type: ignore[arg-type]
+        compile=compile,
+    )

@@ -50,6 +50,7 @@ class ImageRecord:
     model_height: int | None
     mode: str | None  # PIL mode before conversion to RGB
     frames: int | None  # > 1: an animation or multi-page file, first frame labeled
+    inference: str | None  # "whole", "downscaled" (to max_side) or "tiled"
     region_count: int
     mean_confidence: float | None
     low_confidence_share: float | None

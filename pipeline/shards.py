@@ -14,6 +14,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import torch
@@ -99,9 +100,15 @@ class _Outputs:
 
 
 def process_shard(shard: Shard, config: RunConfig) -> ShardStats:
-    """Label every image of the shard and write ``records/`` and ``images/`` for it."""
-    predictor = load_predictor(config.model, config.device, config.low_confidence)
+    """Label every image of the shard and write ``records/`` and ``images/`` for it.
+
+    Reading and decoding run ahead in threads; each batch's regions are traced in another
+    thread while the next batch is in the model, so the model waits on neither."""
+    predictor = load_predictor(config)
     source = storage_for(config.source, config)
+    tiling = config.large_images == "tile"
+    # Tiling keeps full resolution; max_pixels still bounds what is decoded.
+    max_side = config.max_pixels if tiling else config.max_side
 
     def load(item: ObjectInfo) -> _Loaded:
         t0 = time.perf_counter()
@@ -111,30 +118,33 @@ def process_shard(shard: Shard, config: RunConfig) -> ShardStats:
             return _Loaded(item, None, str(exc), _ms(t0), 0.0, retryable=True)
         read_ms, t1 = _ms(t0), time.perf_counter()
         try:
-            image = decode_image(
-                item.uri, data, max_side=config.max_side, max_pixels=config.max_pixels
-            )
+            image = decode_image(item.uri, data, max_side=max_side, max_pixels=config.max_pixels)
         except DecodeError as exc:
             digest = hashlib.sha256(data).hexdigest()
             return _Loaded(item, None, str(exc), read_ms, _ms(t1), content_hash=digest)
         return _Loaded(item, image, None, read_ms, _ms(t1))
 
-    out = _Outputs()
     buckets: dict[tuple[int, ...], list[_Loaded]] = defaultdict(list)
-    with ThreadPoolExecutor(config.workers, thread_name_prefix="decode") as pool:
+    with (
+        ThreadPoolExecutor(config.workers, thread_name_prefix="decode") as pool,
+        ThreadPoolExecutor(1, thread_name_prefix="regions") as post,
+    ):
+        labeler = _Labeler(predictor, config, shard.shard_id, post)
         for loaded in _bounded_map(pool, load, shard.items, ahead=2 * config.workers):
             if loaded.image is None:
-                out.images.append(_failed(loaded, shard.shard_id, predictor.meta, config))
-                progress.advanced(1, failed=1)
-                continue
-            bucket = buckets[loaded.image.pixels.shape]
-            bucket.append(loaded)
-            if len(bucket) == config.batch_size:
-                _label_batch(bucket, predictor, config, shard.shard_id, out)
-                bucket.clear()
+                labeler.failed(loaded)
+            elif tiling and max(loaded.image.pixels.shape[:2]) > config.tile_size:
+                labeler.tiled(loaded)
+            else:
+                bucket = buckets[loaded.image.pixels.shape]
+                bucket.append(loaded)
+                if len(bucket) == config.batch_size:
+                    labeler.batch(bucket)
+                    bucket.clear()
         for bucket in buckets.values():
             if bucket:
-                _label_batch(bucket, predictor, config, shard.shard_id, out)
+                labeler.batch(bucket)
+        out = labeler.finish()
 
     # Batches follow image sizes, not names: order rows by key so outputs don't depend on it.
     out.images.sort(key=lambda r: r.key)
@@ -154,68 +164,129 @@ def process_shard(shard: Shard, config: RunConfig) -> ShardStats:
     return shard_stats(shard.shard_id, (dataclasses.asdict(r) for r in out.images))
 
 
-def _label_batch(
-    batch: list[_Loaded],
-    predictor: deeplab.Predictor,
+class _Labeler:
+    """Predictions in, records out; the tracing of regions runs in ``post`` behind the model,
+    at most a few batches behind, so memory stays bounded."""
+
+    def __init__(
+        self,
+        predictor: deeplab.Predictor,
+        config: RunConfig,
+        shard_id: str,
+        post: ThreadPoolExecutor,
+    ) -> None:
+        self.predictor, self.config, self.shard_id, self.post = predictor, config, shard_id, post
+        self.out = _Outputs()
+        self.pending: deque[Future[tuple[ImageRecord, list[Region]]]] = deque()
+
+    def failed(self, loaded: _Loaded) -> None:
+        self.out.images.append(_failed(loaded, self.shard_id, self.predictor.meta, self.config))
+        progress.advanced(1, failed=1)
+
+    def batch(self, batch: list[_Loaded]) -> None:
+        images = [b.image for b in batch if b.image is not None]
+        t0 = time.perf_counter()
+        predictions = _predict_halving(self.predictor, images)
+        predict_ms = _ms(t0) / len(images)
+        for loaded, image, prediction in zip(batch, images, predictions, strict=True):
+            inference = "downscaled" if image.scale < 1 else "whole"
+            self._submit(loaded, image, prediction, predict_ms, inference)
+
+    def tiled(self, loaded: _Loaded) -> None:
+        assert loaded.image is not None
+        t0 = time.perf_counter()
+        prediction = self.predictor.predict_tiled(
+            loaded.image.pixels,
+            tile=self.config.tile_size,
+            overlap=self.config.tile_overlap,
+            batch_size=self.config.batch_size,
+        )
+        self._submit(loaded, loaded.image, prediction, _ms(t0), "tiled")
+
+    def finish(self) -> _Outputs:
+        while self.pending:
+            self._collect()
+        return self.out
+
+    def _submit(
+        self,
+        loaded: _Loaded,
+        image: DecodedImage,
+        prediction: deeplab.Prediction,
+        predict_ms: float,
+        inference: str,
+    ) -> None:
+        job = partial(
+            _records, loaded, image, prediction, predict_ms, inference, self.predictor.meta
+        )
+        self.pending.append(self.post.submit(job, self.config, self.shard_id))
+        while len(self.pending) > 2 * self.config.batch_size:
+            self._collect()
+
+    def _collect(self) -> None:
+        record, regions = self.pending.popleft().result()
+        self.out.images.append(record)
+        self.out.regions += regions
+        progress.advanced(1)
+
+
+def _records(
+    loaded: _Loaded,
+    image: DecodedImage,
+    prediction: deeplab.Prediction,
+    predict_ms: float,
+    inference: str,
+    meta: deeplab.ModelMeta,
     config: RunConfig,
     shard_id: str,
-    out: _Outputs,
-) -> None:
-    images = [b.image for b in batch if b.image is not None]
+) -> tuple[ImageRecord, list[Region]]:
     t0 = time.perf_counter()
-    predictions = _predict_halving(predictor, images)
-    predict_ms = _ms(t0) / len(images)
-    for loaded, image, prediction in zip(batch, images, predictions, strict=True):
-        t1 = time.perf_counter()
-        image_id = image_id_for(loaded.item.key)
-        found = image_regions(
-            prediction.class_map,
-            prediction.confidence,
-            image_id=image_id,
-            policy=config.regions,
-            low_confidence=config.low_confidence,
-        )
-        regions = found.regions
-        doubt = image_uncertainty(
-            prediction.class_map,
-            prediction.confidence,
-            low_confidence=config.low_confidence,
-            fragments=found.fragments,
-        )
-        out.regions += regions
-        out.images.append(
-            ImageRecord(
-                image_id=image_id,
-                key=loaded.item.key,
-                uri=loaded.item.uri,
-                shard=shard_id,
-                status="ok",
-                error=None,
-                retryable=False,
-                size_bytes=loaded.item.size,
-                etag=loaded.item.etag,
-                content_hash=image.content_hash,
-                model_version=predictor.meta.model_version,
-                config_hash=config.labeling_hash,
-                width=image.width,
-                height=image.height,
-                model_width=image.pixels.shape[1],
-                model_height=image.pixels.shape[0],
-                mode=image.mode,
-                frames=image.frames,
-                region_count=len(regions),
-                mean_confidence=doubt.mean_confidence,
-                low_confidence_share=doubt.low_confidence_share,
-                boundary_uncertainty=doubt.boundary_uncertainty,
-                fragments=doubt.fragments,
-                review_priority=doubt.review_priority,
-                read_ms=loaded.read_ms,
-                decode_ms=loaded.decode_ms,
-                predict_ms=predict_ms,
-                regions_ms=_ms(t1),
-            )
-        )
-    progress.advanced(len(images))
+    image_id = image_id_for(loaded.item.key)
+    found = image_regions(
+        prediction.class_map,
+        prediction.confidence,
+        image_id=image_id,
+        policy=config.regions,
+        low_confidence=config.low_confidence,
+    )
+    doubt = image_uncertainty(
+        prediction.class_map,
+        prediction.confidence,
+        low_confidence=config.low_confidence,
+        fragments=found.fragments,
+    )
+    record = ImageRecord(
+        image_id=image_id,
+        key=loaded.item.key,
+        uri=loaded.item.uri,
+        shard=shard_id,
+        status="ok",
+        error=None,
+        retryable=False,
+        size_bytes=loaded.item.size,
+        etag=loaded.item.etag,
+        content_hash=image.content_hash,
+        model_version=meta.model_version,
+        config_hash=config.labeling_hash,
+        width=image.width,
+        height=image.height,
+        model_width=image.pixels.shape[1],
+        model_height=image.pixels.shape[0],
+        mode=image.mode,
+        frames=image.frames,
+        inference=inference,
+        region_count=len(found.regions),
+        mean_confidence=doubt.mean_confidence,
+        low_confidence_share=doubt.low_confidence_share,
+        boundary_uncertainty=doubt.boundary_uncertainty,
+        fragments=doubt.fragments,
+        review_priority=doubt.review_priority,
+        read_ms=loaded.read_ms,
+        decode_ms=loaded.decode_ms,
+        predict_ms=predict_ms,
+        regions_ms=_ms(t0),
+    )
+    return record, found.regions
 
 
 def _predict_halving(
@@ -260,6 +331,7 @@ def _failed(
         model_height=None,
         mode=None,
         frames=None,
+        inference=None,
         region_count=0,
         mean_confidence=None,
         low_confidence_share=None,

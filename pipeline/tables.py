@@ -56,6 +56,7 @@ IMAGES_SCHEMA = pa.schema(
         ("model_height", pa.int32()),
         ("mode", pa.string()),
         ("frames", pa.int32()),
+        ("inference", pa.string()),
         ("region_count", pa.int32()),
         ("mean_confidence", pa.float32()),
         ("low_confidence_share", pa.float32()),

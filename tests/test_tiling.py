@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.nn import functional as F
 
 import deeplab
 from deeplab.demo import DEMO_CHECKPOINT
 from deeplab.scenes import scenes
 from deeplab.tiling import predict_tiled, ramp, tile_starts
+from pipeline.annotate import annotate
+from pipeline.config import RunConfig
+from tests.test_resume import merged
 
 
 def pixelwise(batch: np.ndarray) -> torch.Tensor:
@@ -73,3 +78,31 @@ def test_demo_model_tiled_agrees_with_whole_image_inference() -> None:
     agreement = float((tiled.class_map == whole.class_map).mean())
     print(f"tiled vs whole: {agreement:.4%} of pixels agree")
     assert agreement >= 0.99
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({}, {"big.png": "whole", "small.png": "whole"}),
+        ({"max_side": 160}, {"big.png": "downscaled", "small.png": "whole"}),
+        (
+            {"large_images": "tile", "tile_size": 160, "tile_overlap": 48, "max_side": 160},
+            {"big.png": "tiled", "small.png": "whole"},
+        ),
+    ],
+)
+def test_the_large_image_policy_is_recorded_per_image(
+    tmp_path: Path, fields: dict[str, object], expected: dict[str, str]
+) -> None:
+    source = tmp_path / "in"
+    source.mkdir()
+    Image.fromarray(next(scenes(5, 1, height=240, width=320)).image).save(source / "big.png")
+    Image.fromarray(next(scenes(6, 1, height=96, width=128)).image).save(source / "small.png")
+    out = tmp_path / "run"
+    annotate(RunConfig(source=str(source), out=str(out), device="cpu", **fields))
+    rows = {r["key"]: r for r in merged(out)[0].to_pylist()}
+    assert {k: r["inference"] for k, r in rows.items()} == expected
+    big = rows["big.png"]
+    assert (big["width"], big["height"]) == (320, 240)
+    seen = (big["model_width"], big["model_height"])
+    assert seen == ((160, 120) if expected["big.png"] == "downscaled" else (320, 240))
