@@ -83,6 +83,19 @@ def annotate(
             help="local (shards in this process) or deployment (shard runs on a work pool)."
         ),
     ] = "local",
+    precision: Annotated[
+        str | None, typer.Option(help="auto, float32, bfloat16 or float16 (CUDA).")
+    ] = None,
+    compile_model: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the model (pays a compile).")
+    ] = False,
+    large_images: Annotated[
+        str | None,
+        typer.Option(help="Over --max-side: downscale, or tile at full resolution."),
+    ] = None,
+    tile_size: Annotated[
+        int | None, typer.Option(help="Tile side for --large-images tile.")
+    ] = None,
 ) -> None:
     """Label every image under SOURCE not yet labeled in --out; write records and exports.
 
@@ -97,6 +110,10 @@ def annotate(
         "workers": workers,
         "exports": tuple(export) if export else None,
         "force": force or None,
+        "precision": precision,
+        "compile": compile_model or None,
+        "large_images": large_images,
+        "tile_size": tile_size,
     }
     policy = {"instances": instances, "min_area": min_area}
     if any(v is not None for v in policy.values()):
@@ -330,3 +347,8 @@ def _print_summary(summary: RunSummary) -> None:
         )
         for _, reason in summary.failed:
             console.print(f"  {reason}", highlight=False, markup=False, soft_wrap=True)
+
+
+from flows.cli_report import report_command  # noqa: E402  (commands in their own modules)
+
+app.command("report")(report_command)
