@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 
 from pipeline.records import Polygon, Ring
 
-__all__ = ["polygons_from_mask", "rasterize_polygons"]
+__all__ = ["polygons_from_mask", "rasterize_polygons", "trace_polygons"]
 
 _DILATE = np.ones((3, 3), np.uint8)
 
@@ -28,6 +28,14 @@ def polygons_from_mask(
     boundary. A ring the simplification would shrink under 3 points is kept exact, so
     1-pixel regions and 1-pixel lines still rasterize to their pixels.
     """
+    return trace_polygons(mask, x0=x0, y0=y0, tolerance=tolerance)[0]
+
+
+def trace_polygons(
+    mask: npt.NDArray[np.bool_], *, x0: int = 0, y0: int = 0, tolerance: float = 0.5
+) -> tuple[tuple[Polygon, ...], bool]:
+    """:func:`polygons_from_mask`, and whether every ring kept all its corners: then the
+    polygons are the mask's exact boundary and rasterize back to it, with nothing to check."""
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
     height, width = mask.shape
@@ -39,8 +47,10 @@ def polygons_from_mask(
     grid = cv2.dilate(grid, _DILATE)
     contours, hierarchy = cv2.findContours(grid, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
-        return ()
-    rings = [_simplified(_corner_ring(np.asarray(c, np.int32)), tolerance) for c in contours]
+        return (), True
+    corners = [_corner_ring(np.asarray(c, np.int32)) for c in contours]
+    rings = [_simplified(ring, tolerance) for ring in corners]
+    exact = all(len(a) == len(b) for a, b in zip(rings, corners, strict=True))
     polygons: list[Polygon] = []
     # RETR_CCOMP: hierarchy rows are (next, previous, first child, parent); two levels only,
     # exteriors at the top and their holes as children.
@@ -54,7 +64,8 @@ def polygons_from_mask(
             child = links[child][0]
         polygons.append(tuple(polygon))
     # Raster order of each part's top-left corner: findContours follows no documented order.
-    return tuple(sorted(polygons, key=lambda p: (min(p[0][1::2]), _left_of_top(p[0]))))
+    ordered = tuple(sorted(polygons, key=lambda p: (min(p[0][1::2]), _left_of_top(p[0]))))
+    return ordered, exact
 
 
 def _corner_ring(points: npt.NDArray[np.int32]) -> npt.NDArray[np.int32]:

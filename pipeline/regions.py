@@ -15,9 +15,9 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.polygons import polygons_from_mask, rasterize_polygons
+from pipeline.polygons import rasterize_polygons, trace_polygons
 from pipeline.records import Region
-from pipeline.rle import area_of_rle, bbox_of_rle, rle_from_crop
+from pipeline.rle import rle_from_crop
 
 __all__ = ["ImageRegions", "RegionPolicy", "image_regions", "regions_from_class_map"]
 
@@ -199,23 +199,28 @@ def _region(
     pixels = int(np.count_nonzero(crop))
     inside = confidence[crop]
     rle = rle_from_crop(crop, x0=x0, y0=y0, height=height, width=width)
-    polygons = polygons_from_mask(crop, x0=x0, y0=y0, tolerance=policy.simplify_tolerance)
-    drawn = rasterize_polygons(polygons, crop.shape, origin=origin)
-    union = int(np.count_nonzero(drawn | crop))
-    fidelity = int(np.count_nonzero(drawn & crop)) / union if union else 1.0
+    polygons, exact = trace_polygons(crop, x0=x0, y0=y0, tolerance=policy.simplify_tolerance)
+    fidelity = 1.0 if exact else _iou(rasterize_polygons(polygons, crop.shape, origin=origin), crop)
     return Region(
         image_id=context.image_id,
         class_id=class_id,
         score=int(inside.sum()) / pixels / 255,
         low_confidence_share=int(np.count_nonzero(inside < context.low_threshold)) / pixels,
-        area=area_of_rle(rle, height=height, width=width),
-        bbox=bbox_of_rle(rle, height=height, width=width),
+        # The crop is the region's tight box, so these equal pycocotools' area and toBbox on
+        # the RLE (the tests hold them to it) without decoding it again.
+        area=pixels,
+        bbox=(x0, y0, crop.shape[1], crop.shape[0]),
         polygons=polygons,
         rle=rle,
         fidelity=fidelity,
         vertices=sum(len(ring) // 2 for polygon in polygons for ring in polygon),
         geometry="polygon" if fidelity >= policy.min_fidelity else "rle",
     )
+
+
+def _iou(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
+    union = int(np.count_nonzero(a | b))
+    return int(np.count_nonzero(a & b)) / union if union else 1.0
 
 
 def _within_vertex_budget(regions: list[Region], budget: int) -> list[Region]:

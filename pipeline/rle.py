@@ -6,13 +6,11 @@ pycocotools compresses the runs and is the reference for area and bbox.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import numpy.typing as npt
 from pycocotools import mask as mask_utils
 
-__all__ = ["area_of_rle", "bbox_of_rle", "rle_from_crop", "run_lengths_from_crop"]
+__all__ = ["rle_from_crop", "run_lengths_from_crop"]
 
 
 def run_lengths_from_crop(
@@ -49,18 +47,3 @@ def rle_from_crop(crop: npt.NDArray[np.bool_], *, x0: int, y0: int, height: int,
     rle = mask_utils.frPyObjects({"size": [height, width], "counts": runs.tolist()}, height, width)
     counts: bytes = rle["counts"]
     return counts.decode("ascii")
-
-
-def area_of_rle(counts: str, *, height: int, width: int) -> int:
-    """Pixels on the mask, as COCO readers take ``area``."""
-    return int(mask_utils.area(_coco_rle(counts, height, width)))
-
-
-def bbox_of_rle(counts: str, *, height: int, width: int) -> tuple[int, int, int, int]:
-    """x, y, w, h of the mask as pycocotools' ``toBbox`` gives it (0s for an empty mask)."""
-    x, y, w, h = mask_utils.toBbox(_coco_rle(counts, height, width)).tolist()
-    return int(x), int(y), int(w), int(h)
-
-
-def _coco_rle(counts: str, height: int, width: int) -> dict[str, Any]:
-    return {"size": [height, width], "counts": counts.encode("ascii")}

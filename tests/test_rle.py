@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from pycocotools import mask as mask_utils
 
-from pipeline.rle import area_of_rle, bbox_of_rle, rle_from_crop, run_lengths_from_crop
+from pipeline.rle import rle_from_crop, run_lengths_from_crop
 
 # pycocotools' decode predates NumPy 2's __array__(copy=...) and warns on every call.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -68,16 +68,13 @@ def crops_on_images(draw: st.DrawFn) -> tuple[np.ndarray, int, int, int, int]:
 
 @settings(max_examples=400, deadline=None)
 @given(crops_on_images())
-def test_rle_area_and_bbox_match_pycocotools(case: tuple[np.ndarray, int, int, int, int]) -> None:
+def test_rle_from_a_crop_is_pycocotools_encoding_of_the_placed_mask(
+    case: tuple[np.ndarray, int, int, int, int],
+) -> None:
     crop, x0, y0, height, width = case
     full = placed(crop, x0=x0, y0=y0, height=height, width=width)
-    reference = encoded(full)
     counts = rle_from_crop(crop, x0=x0, y0=y0, height=height, width=width)
-    assert counts == reference["counts"].decode("ascii")
-    assert area_of_rle(counts, height=height, width=width) == int(mask_utils.area(reference))
-    assert area_of_rle(counts, height=height, width=width) == int(full.sum())
-    expected_bbox = [int(v) for v in mask_utils.toBbox(reference)]
-    assert list(bbox_of_rle(counts, height=height, width=width)) == expected_bbox
+    assert counts == encoded(full)["counts"].decode("ascii")
 
 
 @settings(max_examples=200, deadline=None)
@@ -104,9 +101,3 @@ def test_run_lengths_decode_to_the_placed_crop(case: tuple[np.ndarray, int, int,
 def test_crop_outside_the_image_is_refused(x0: int, y0: int, shape: tuple[int, int]) -> None:
     with pytest.raises(ValueError, match="outside the 5x7 image"):
         rle_from_crop(np.ones(shape, bool), x0=x0, y0=y0, height=7, width=5)
-
-
-def test_bbox_of_an_empty_rle_is_zero() -> None:
-    counts = rle_from_crop(np.zeros((2, 2), bool), x0=0, y0=0, height=4, width=4)
-    assert area_of_rle(counts, height=4, width=4) == 0
-    assert bbox_of_rle(counts, height=4, width=4) == (0, 0, 0, 0)
