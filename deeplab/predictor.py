@@ -141,9 +141,14 @@ class Predictor:
         return logits
 
     def _decode(self, logits: torch.Tensor, size: tuple[int, ...]) -> Prediction:
-        up = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)[0]
-        top, classes = up.max(dim=0)
-        confidence = torch.exp(up - top).sum(dim=0).reciprocal()  # max softmax, without softmax
+        # Channels last, each pixel's class scores are contiguous: the max and the sum over
+        # classes read memory in order, and the exp runs in place on the upsampled scores.
+        low = logits.float().contiguous(memory_format=torch.channels_last)
+        up = F.interpolate(low, size=size, mode="bilinear", align_corners=False)[0]
+        scores = up.permute(1, 2, 0)  # H x W x C
+        top, classes = scores.max(dim=-1)
+        # max softmax = 1 / sum(exp(score - max score)), without the softmax itself
+        confidence = scores.sub_(top.unsqueeze(-1)).exp_().sum(dim=-1).reciprocal_()
         low_share = (confidence < self.low_confidence).float().mean()
         return Prediction(
             class_map=classes.to(torch.uint8).cpu().numpy(),
