@@ -9,8 +9,11 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+import torch
+
 import deeplab
 from deeplab.demo import DEMO_CHECKPOINT
+from deeplab.predictor import resolve_device
 from pipeline.config import RunConfig
 
 DEMO = "demo"
@@ -38,6 +41,21 @@ def _cached(
         meta,
         device=device,
         low_confidence=low_confidence,
-        precision=None if precision == "auto" else precision,  # type: ignore[arg-type]
+        precision=_resolved(precision, device),  # type: ignore[arg-type]
         compile=compile,
     )
+
+
+def _resolved(precision: str, device: str) -> str | None:
+    """``auto``: the Predictor's choice on CUDA (bfloat16); on a CPU with native bfloat16
+    (AVX-512 BF16, AMX) bfloat16 too, measured about 1.5x faster than float32 with class maps
+    agreeing on over 99% of pixels (bench/bench_pipeline.py); float32 elsewhere."""
+    if precision != "auto":
+        return precision
+    if resolve_device(device).type == "cuda":
+        return None
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # not every build exposes the probe
+        native = False
+    return "bfloat16" if native else "float32"
