@@ -1,0 +1,78 @@
+"""``prelabel push`` and ``prelabel pull``: a run's pre-labels to Label Studio, reviews back.
+
+The API token comes from the environment only, so it is never in the shell history, the
+process list, or anything these commands print.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from flows.cli_common import cannot_start, console, describe
+from pipeline.exporters import ExportError, ExportOptions, open_run
+from pipeline.label_studio_api import TOKEN_VARIABLES, LabelStudio, LabelStudioError, token_from_env
+from pipeline.review_sync import ReviewSyncError, pull, push
+from pipeline.storage import StorageError
+
+_URL_HELP = f"Label Studio's address, e.g. http://localhost:8080 (token: ${TOKEN_VARIABLES[0]})."
+
+
+def push_command(
+    run: Annotated[str, typer.Argument(help="A finished run folder.")],
+    label_studio: Annotated[str, typer.Option("--label-studio", help=_URL_HELP)],
+    project: Annotated[str, typer.Option(help="Project title; created if there is none.")],
+    image_url_prefix: Annotated[
+        str | None, typer.Option(help="Image URL = prefix + key (else the source URI).")
+    ] = None,
+    ls_regions: Annotated[
+        str, typer.Option(help="polygon (brush where needed) or brush.")
+    ] = "polygon",
+) -> None:
+    """Send a run's pre-labels to a Label Studio project as tasks with predictions.
+
+    Pushing again adds nothing twice; a newer run replaces the predictions of tasks nobody
+    has annotated yet, and leaves annotated ones alone.
+    """
+    try:
+        options = ExportOptions(ls_regions=ls_regions, image_url_prefix=image_url_prefix)
+    except ValidationError as exc:
+        cannot_start("; ".join(describe(e) for e in exc.errors()))
+    try:
+        view = open_run(run)
+        with LabelStudio(label_studio, token_from_env()) as client:
+            summary = push(client, view, project, options)
+    except (LabelStudioError, ReviewSyncError, ExportError, StorageError) as exc:
+        cannot_start(str(exc))
+    console.print(
+        f"pushed {run} to project {project!r} (id {summary.project_id}): "
+        f"{summary.created} created, {summary.updated} updated, {summary.unchanged} unchanged, "
+        f"{summary.skipped} skipped (annotated)",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+def pull_command(
+    label_studio: Annotated[str, typer.Option("--label-studio", help=_URL_HELP)],
+    project: Annotated[str, typer.Option(help="Project title.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Folder for the masks.")],
+) -> None:
+    """Bring a project's reviewed annotations back as class masks, in the masks export's
+    layout; tasks nobody has annotated are left out."""
+    try:
+        with LabelStudio(label_studio, token_from_env()) as client:
+            summary = pull(client, project, out)
+    except (LabelStudioError, ReviewSyncError, ExportError, StorageError) as exc:
+        cannot_start(str(exc))
+    console.print(
+        f"pulled {summary.masks} masks from project {project!r} (id {summary.project_id}) "
+        f"to {out}; {summary.unannotated} tasks without annotations skipped"
+        + (f", {summary.foreign} tasks not from prelabel left out" if summary.foreign else ""),
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
