@@ -352,3 +352,8 @@ def _print_summary(summary: RunSummary) -> None:
 from flows.cli_report import report_command  # noqa: E402  (commands in their own modules)
 
 app.command("report")(report_command)
+
+from flows.cli_review import pull_command, push_command  # noqa: E402  (commands in their own modules)
+
+app.command("push")(push_command)
+app.command("pull")(pull_command)
