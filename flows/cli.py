@@ -357,3 +357,7 @@ from flows.cli_review import pull_command, push_command  # noqa: E402  (commands
 
 app.command("push")(push_command)
 app.command("pull")(pull_command)
+
+from flows.cli_evaluate import evaluate_command  # noqa: E402  (commands in their own modules)
+
+app.command("evaluate")(evaluate_command)

@@ -1,0 +1,105 @@
+"""``prelabel evaluate``: a run's pre-labels against reviewed labels, by model version."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from flows.cli_common import cannot_start, console
+from pipeline.evaluate import EVALUATIONS, Evaluation, EvaluationError, evaluate_runs
+from pipeline.exporters import ExportError, open_run
+from pipeline.storage import StorageError
+from pipeline.truth import TruthError, open_truth
+
+_LISTED = 20  # failures printed; the evaluation's JSON and markdown list them all
+
+
+def evaluate_command(
+    run: Annotated[str, typer.Argument(help="A finished run folder.")],
+    truth: Annotated[
+        str,
+        typer.Option(
+            "--truth", help="Reviewed labels: a masks folder (masks export layout) or COCO JSON."
+        ),
+    ],
+    boundary_tolerance: Annotated[
+        int, typer.Option(help="Pixels a boundary may be off and still count as found.")
+    ] = 2,
+    compare: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--compare",
+            help="Another run folder of the same images by another model (repeat): evaluated "
+            "too, and shown side by side.",
+        ),
+    ] = None,
+) -> None:
+    """Score RUN's pre-labels against the reviewed labels in --truth.
+
+    Writes evaluations/<model_version>.json and .md in the run folder (and in each --compare
+    folder); the markdown shows every model version evaluated against the same truth.
+    """
+    try:
+        views = [open_run(folder) for folder in (run, *(compare or ()))]
+        evaluations = evaluate_runs(views, open_truth(truth), tolerance=boundary_tolerance)
+    except (EvaluationError, TruthError, ExportError, StorageError, ValueError) as exc:
+        cannot_start(str(exc))
+    _print(evaluations)
+    for view in views:
+        storage, version = view.layout.storage, view.model.model_version
+        uri = storage.join(view.layout.root, EVALUATIONS, f"{version}.md")
+        console.print(f"wrote {uri}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _print(evaluations: list[Evaluation]) -> None:
+    first = evaluations[0]
+    table = Table(title=escape(f"prelabel evaluate against {first.truth}"), title_justify="left")
+    table.add_column("")
+    for e in evaluations:
+        table.add_column(escape(e.model_version), justify="right")
+    rows = [
+        ("images scored", [str(e.images) for e in evaluations]),
+        ("mIoU", [_pct(e.miou) for e in evaluations]),
+        ("pixel accuracy", [_pct(e.pixel_accuracy) for e in evaluations]),
+        (
+            f"boundary F1 ({first.boundary_tolerance} px)",
+            [_pct(e.boundary_f1) for e in evaluations],
+        ),
+        ("pixels changed", [_pct(e.changed_share) for e in evaluations]),
+        ("regions added", [str(e.regions_added) for e in evaluations]),
+        ("regions removed", [str(e.regions_removed) for e in evaluations]),
+        *(
+            (escape(f"IoU {name}"), [_pct(e.iou.get(name)) for e in evaluations])
+            for name in first.class_names
+        ),
+        ("failed", [str(len(e.failed)) for e in evaluations]),
+        ("without truth", [str(len(e.missing)) for e in evaluations]),
+    ]
+    for label, cells in rows:
+        table.add_row(label, *cells)
+    console.print(table)
+    for e in evaluations:
+        for failure in e.failed[:_LISTED]:
+            console.print(
+                f"  not scored ({e.model_version}): {failure.key}: {failure.reason}",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
+        if len(e.failed) > _LISTED:
+            console.print(f"  ... {len(e.failed) - _LISTED} more failed, listed in the JSON")
+        if e.missing:
+            shown = ", ".join(e.missing[:5]) + (" ..." if len(e.missing) > 5 else "")
+            console.print(
+                f"  {len(e.missing)} images without truth ({e.model_version}): {shown}",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
