@@ -361,3 +361,7 @@ app.command("pull")(pull_command)
 from flows.cli_evaluate import evaluate_command  # noqa: E402  (commands in their own modules)
 
 app.command("evaluate")(evaluate_command)
+
+from flows.cli_train import train_command  # noqa: E402  (commands in their own modules)
+
+app.command("train")(train_command)
