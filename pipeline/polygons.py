@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 
 from pipeline.records import Polygon, Ring
 
-__all__ = ["polygons_from_mask", "rasterize_polygons", "trace_polygons"]
+__all__ = ["polygon_iou", "polygons_from_mask", "rasterize_polygons", "trace_polygons"]
 
 _DILATE = np.ones((3, 3), np.uint8)
 
@@ -63,6 +63,8 @@ def trace_polygons(
             polygon.append(_flat(rings[child], (x0, y0)))
             child = links[child][0]
         polygons.append(tuple(polygon))
+    if len(polygons) == 1:
+        return (polygons[0],), exact
     # Raster order of each part's top-left corner: findContours follows no documented order.
     ordered = tuple(sorted(polygons, key=lambda p: (min(p[0][1::2]), _left_of_top(p[0]))))
     return ordered, exact
@@ -113,6 +115,42 @@ def rasterize_polygons(
             part &= ~_fill(hole, shift, height, width)
         out |= part
     return out
+
+
+def polygon_iou(
+    polygons: tuple[Polygon, ...],
+    counts: str,
+    *,
+    crop: npt.NDArray[np.bool_],
+    origin: tuple[int, int],
+    shape: tuple[int, int],
+) -> float:
+    """IoU of the polygons, as pycocotools fills them, against the mask whose compressed RLE
+    on a ``shape`` image is ``counts`` and whose pixels in the window at ``origin`` are
+    ``crop``.
+
+    One part (an exterior and its holes) is measured on RLEs with pycocotools' own set
+    operations, never drawing a pixel: ``P = E minus U`` (U the union of the holes), so
+    ``|P| = |E| - |E & U|`` and ``|P & M| = |E & M| - |E & U & M|``. Several parts may
+    overlap once simplified, which those operations cannot subtract: they are drawn in the
+    window."""
+    if len(polygons) != 1:
+        drawn = rasterize_polygons(polygons, crop.shape, origin=origin)
+        union = int(np.count_nonzero(drawn | crop))
+        return int(np.count_nonzero(drawn & crop)) / union if union else 1.0
+    height, width = shape
+    exterior, *holes = polygons[0]
+    e = mask_utils.frPyObjects([list(exterior)], height, width)[0]
+    m = {"size": [height, width], "counts": counts.encode("ascii")}
+    e_area, m_area = int(mask_utils.area(e)), int(mask_utils.area(m))
+    both = int(mask_utils.area(mask_utils.merge([e, m], intersect=True)))
+    if holes:
+        u = mask_utils.merge(mask_utils.frPyObjects([list(h) for h in holes], height, width))
+        eu = mask_utils.merge([e, u], intersect=True)
+        e_area -= int(mask_utils.area(eu))
+        both -= int(mask_utils.area(mask_utils.merge([eu, m], intersect=True)))
+    union = e_area + m_area - both
+    return both / union if union else 1.0
 
 
 def _fill(

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.polygons import rasterize_polygons, trace_polygons
+from pipeline.polygons import polygon_iou, trace_polygons
 from pipeline.records import Region
 from pipeline.rle import rle_from_crop
 
@@ -200,7 +200,11 @@ def _region(
     inside = confidence[crop]
     rle = rle_from_crop(crop, x0=x0, y0=y0, height=height, width=width)
     polygons, exact = trace_polygons(crop, x0=x0, y0=y0, tolerance=policy.simplify_tolerance)
-    fidelity = 1.0 if exact else _iou(rasterize_polygons(polygons, crop.shape, origin=origin), crop)
+    fidelity = (
+        1.0
+        if exact
+        else polygon_iou(polygons, rle, crop=crop, origin=origin, shape=(height, width))
+    )
     return Region(
         image_id=context.image_id,
         class_id=class_id,
@@ -216,11 +220,6 @@ def _region(
         vertices=sum(len(ring) // 2 for polygon in polygons for ring in polygon),
         geometry="polygon" if fidelity >= policy.min_fidelity else "rle",
     )
-
-
-def _iou(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
-    union = int(np.count_nonzero(a | b))
-    return int(np.count_nonzero(a & b)) / union if union else 1.0
 
 
 def _within_vertex_budget(regions: list[Region], budget: int) -> list[Region]:

@@ -282,14 +282,16 @@ def test_policy_is_frozen() -> None:
         elements=st.integers(0, 2),
     ),
     st.sampled_from(["components", "semantic"]),
+    st.sampled_from([0.5, 1.5]),
 )
 def test_polygons_are_faithful_and_area_bbox_are_pycocotools(
-    class_map: np.ndarray, instances: str
+    class_map: np.ndarray, instances: str, tolerance: float
 ) -> None:
     """Random maps have holes and several parts; at 0.5 px every region's polygons
-    re-rasterize to IoU >= 0.98, or the gate sends the region to RLE."""
+    re-rasterize to IoU >= 0.98, or the gate sends the region to RLE. At 1.5 px polygons
+    lose pixels, and the recorded fidelity is still the drawn polygons' IoU."""
     height, width = class_map.shape
-    found = regions(class_map, min_area=1, instances=instances)
+    found = regions(class_map, min_area=1, instances=instances, simplify_tolerance=tolerance)
     for region in found:
         mask = np.asarray(
             mask_utils.decode({"size": [height, width], "counts": region.rle.encode()}), bool
@@ -297,7 +299,7 @@ def test_polygons_are_faithful_and_area_bbox_are_pycocotools(
         fidelity = iou(rasterize(region.polygons, height, width), mask)
         assert region.fidelity == pytest.approx(fidelity)
         assert region.geometry == ("polygon" if fidelity >= 0.9 else "rle")
-        if region.geometry == "polygon":
+        if region.geometry == "polygon" and tolerance == 0.5:
             assert fidelity >= 0.98
         holes = cv2.connectedComponents((~mask).astype(np.uint8), connectivity=4)[1]
         enclosed = (
