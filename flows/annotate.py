@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import socket
 import time
+from concurrent.futures import BrokenExecutor
 from typing import Literal
 from uuid import UUID
 
@@ -40,10 +41,11 @@ Executor = Literal["local", "deployment"]
 
 
 def _transient(task: object, task_run: object, state: State) -> bool:
-    """Retry what may pass (storage, network, device memory); bad images never raise."""
+    """Retry what may pass (storage, network, device memory, a tracing process killed for
+    memory); bad images never raise."""
     try:
         state.result()
-    except (StorageError, ConnectionError, TimeoutError, MemoryError):
+    except (StorageError, ConnectionError, TimeoutError, MemoryError, BrokenExecutor):
         return True
     except Exception:
         return False

@@ -38,13 +38,18 @@ class RunConfig(BaseSettings):
     out: str  # the run folder: a local folder or an s3://bucket/prefix
     model: str = "demo"  # "demo" (bundled) or a checkpoint path: prelabel, torchvision or VainF
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    batch_size: int = Field(8, ge=1, le=1024)
+    # Images per forward pass; None: 2 on a CPU (larger batches measured slower per image
+    # there), 8 on a GPU.
+    batch_size: int | None = Field(None, ge=1, le=1024)
     max_side: int = Field(1024, ge=16)  # longer image side seen by the model; never upscaled
     # Larger images are refused from their header, before decoding. The default is Pillow's
     # decompression-bomb threshold, which also caps it (see pipeline.decode).
     max_pixels: int = Field(89_478_485, ge=1)
     shard_size: int = Field(256, ge=1)  # images per shard: the unit of work, retry and resume
     workers: int = Field(default_factory=_default_workers, ge=1)  # read + decode threads
+    # Processes that trace regions (pipeline.postprocess); None: one per core (one fewer on a
+    # GPU); 0: one thread in this process.
+    post_workers: int | None = Field(None, ge=0, le=256)
     low_confidence: float = Field(0.5, gt=0, lt=1)  # max-softmax below this counts as doubtful
     # Images over max_side: "downscale" to it, or "tile": full resolution in overlapping
     # tile_size windows (slower, finer boundaries; memory follows the width).

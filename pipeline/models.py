@@ -17,6 +17,7 @@ from deeplab.predictor import resolve_device
 from pipeline.config import RunConfig
 
 DEMO = "demo"
+CPU_BATCH, GPU_BATCH = 2, 8
 
 
 def resolve_checkpoint(ref: str) -> Path:
@@ -59,3 +60,11 @@ def _resolved(precision: str, device: str) -> str | None:
     except (AttributeError, RuntimeError):  # not every build exposes the probe
         native = False
     return "bfloat16" if native else "float32"
+
+
+def batch_size_for(config: RunConfig, device: torch.device) -> int:
+    """The run's batch size, or the device's default: on a CPU, 2 images per pass measured
+    faster per image than 8 (bench/bench_pipeline.py), as larger batches fall out of cache."""
+    if config.batch_size is not None:
+        return config.batch_size
+    return CPU_BATCH if device.type == "cpu" else GPU_BATCH

@@ -12,9 +12,8 @@ import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, TypeVar
 
 import torch
@@ -23,13 +22,12 @@ import deeplab
 from pipeline import progress
 from pipeline.config import RunConfig
 from pipeline.decode import DecodedImage, DecodeError, decode_image
-from pipeline.models import load_predictor
+from pipeline.models import batch_size_for, load_predictor
+from pipeline.postprocess import Traced, default_workers, trace, tracer
 from pipeline.records import ImageRecord, Region
-from pipeline.regions import image_regions
 from pipeline.run_folder import RunLayout
 from pipeline.storage import ObjectInfo, StorageError, storage_for
 from pipeline.tables import images_table, regions_table, stable_id, write_table
-from pipeline.uncertainty import image_uncertainty
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -102,13 +100,18 @@ class _Outputs:
 def process_shard(shard: Shard, config: RunConfig) -> ShardStats:
     """Label every image of the shard and write ``records/`` and ``images/`` for it.
 
-    Reading and decoding run ahead in threads; each batch's regions are traced in another
-    thread while the next batch is in the model, so the model waits on neither."""
+    Reading and decoding run ahead in threads; regions are traced in worker processes
+    (``pipeline.postprocess``): on a GPU while the next batch is in the model, on a CPU
+    between batches, since there the forward already uses every core."""
     predictor = load_predictor(config)
     source = storage_for(config.source, config)
     tiling = config.large_images == "tile"
     # Tiling keeps full resolution; max_pixels still bounds what is decoded.
     max_side = config.max_pixels if tiling else config.max_side
+    batch_size = batch_size_for(config, predictor.device)
+    on_gpu = predictor.device.type != "cpu"
+    workers = config.post_workers
+    pool = tracer(default_workers(predictor.device.type) if workers is None else workers)
 
     def load(item: ObjectInfo) -> _Loaded:
         t0 = time.perf_counter()
@@ -125,26 +128,25 @@ def process_shard(shard: Shard, config: RunConfig) -> ShardStats:
         return _Loaded(item, image, None, read_ms, _ms(t1))
 
     buckets: dict[tuple[int, ...], list[_Loaded]] = defaultdict(list)
-    with (
-        ThreadPoolExecutor(config.workers, thread_name_prefix="decode") as pool,
-        ThreadPoolExecutor(1, thread_name_prefix="regions") as post,
-    ):
-        labeler = _Labeler(predictor, config, shard.shard_id, post)
-        for loaded in _bounded_map(pool, load, shard.items, ahead=2 * config.workers):
+    labeler = _Labeler(
+        predictor, config, shard.shard_id, pool, ahead=2 * batch_size if on_gpu else 0
+    )
+    with ThreadPoolExecutor(config.workers, thread_name_prefix="decode") as reader:
+        for loaded in _bounded_map(reader, load, shard.items, ahead=2 * config.workers):
             if loaded.image is None:
                 labeler.failed(loaded)
             elif tiling and max(loaded.image.pixels.shape[:2]) > config.tile_size:
-                labeler.tiled(loaded)
+                labeler.tiled(loaded, batch_size)
             else:
                 bucket = buckets[loaded.image.pixels.shape]
                 bucket.append(loaded)
-                if len(bucket) == config.batch_size:
+                if len(bucket) == batch_size:
                     labeler.batch(bucket)
                     bucket.clear()
         for bucket in buckets.values():
             if bucket:
                 labeler.batch(bucket)
-        out = labeler.finish()
+    out = labeler.finish()
 
     # Batches follow image sizes, not names: order rows by key so outputs don't depend on it.
     out.images.sort(key=lambda r: r.key)
@@ -165,19 +167,24 @@ def process_shard(shard: Shard, config: RunConfig) -> ShardStats:
 
 
 class _Labeler:
-    """Predictions in, records out; the tracing of regions runs in ``post`` behind the model,
-    at most a few batches behind, so memory stays bounded."""
+    """Predictions in, records out. Each prediction's regions are traced by ``pool``; at
+    most ``ahead`` images wait there while the model runs on (0: every batch waits for its
+    regions), so memory stays bounded."""
 
     def __init__(
         self,
         predictor: deeplab.Predictor,
         config: RunConfig,
         shard_id: str,
-        post: ThreadPoolExecutor,
+        pool: Executor,
+        *,
+        ahead: int,
     ) -> None:
-        self.predictor, self.config, self.shard_id, self.post = predictor, config, shard_id, post
+        self.predictor, self.config, self.shard_id = predictor, config, shard_id
+        self.pool, self.ahead = pool, ahead
         self.out = _Outputs()
-        self.pending: deque[Future[tuple[ImageRecord, list[Region]]]] = deque()
+        # Each row waits for its figures: they are filled in when its tracing returns.
+        self.pending: deque[tuple[ImageRecord, Future[Traced]]] = deque()
 
     def failed(self, loaded: _Loaded) -> None:
         self.out.images.append(_failed(loaded, self.shard_id, self.predictor.meta, self.config))
@@ -191,21 +198,22 @@ class _Labeler:
         for loaded, image, prediction in zip(batch, images, predictions, strict=True):
             inference = "downscaled" if image.scale < 1 else "whole"
             self._submit(loaded, image, prediction, predict_ms, inference)
+        self._wait(self.ahead)
 
-    def tiled(self, loaded: _Loaded) -> None:
+    def tiled(self, loaded: _Loaded, batch_size: int) -> None:
         assert loaded.image is not None
         t0 = time.perf_counter()
         prediction = self.predictor.predict_tiled(
             loaded.image.pixels,
             tile=self.config.tile_size,
             overlap=self.config.tile_overlap,
-            batch_size=self.config.batch_size,
+            batch_size=batch_size,
         )
         self._submit(loaded, loaded.image, prediction, _ms(t0), "tiled")
+        self._wait(self.ahead)
 
     def finish(self) -> _Outputs:
-        while self.pending:
-            self._collect()
+        self._wait(0)
         return self.out
 
     def _submit(
@@ -216,47 +224,52 @@ class _Labeler:
         predict_ms: float,
         inference: str,
     ) -> None:
-        job = partial(
-            _records, loaded, image, prediction, predict_ms, inference, self.predictor.meta
+        row = _labeled(
+            loaded, image, predict_ms, inference, self.shard_id, self.predictor.meta, self.config
         )
-        self.pending.append(self.post.submit(job, self.config, self.shard_id))
-        while len(self.pending) > 2 * self.config.batch_size:
-            self._collect()
+        traced = self.pool.submit(
+            trace,
+            prediction.class_map,
+            prediction.confidence,
+            image_id=row.image_id,
+            policy=self.config.regions,
+            low_confidence=self.config.low_confidence,
+        )
+        self.pending.append((row, traced))
 
-    def _collect(self) -> None:
-        record, regions = self.pending.popleft().result()
-        self.out.images.append(record)
-        self.out.regions += regions
-        progress.advanced(1)
+    def _wait(self, ahead: int) -> None:
+        while len(self.pending) > ahead:
+            row, traced = self.pending.popleft()
+            result = traced.result()
+            doubt = result.doubt
+            self.out.images.append(
+                dataclasses.replace(
+                    row,
+                    region_count=len(result.found.regions),
+                    mean_confidence=doubt.mean_confidence,
+                    low_confidence_share=doubt.low_confidence_share,
+                    boundary_uncertainty=doubt.boundary_uncertainty,
+                    fragments=doubt.fragments,
+                    review_priority=doubt.review_priority,
+                    regions_ms=result.milliseconds,
+                )
+            )
+            self.out.regions += result.found.regions
+            progress.advanced(1)
 
 
-def _records(
+def _labeled(
     loaded: _Loaded,
     image: DecodedImage,
-    prediction: deeplab.Prediction,
     predict_ms: float,
     inference: str,
+    shard_id: str,
     meta: deeplab.ModelMeta,
     config: RunConfig,
-    shard_id: str,
-) -> tuple[ImageRecord, list[Region]]:
-    t0 = time.perf_counter()
-    image_id = image_id_for(loaded.item.key)
-    found = image_regions(
-        prediction.class_map,
-        prediction.confidence,
-        image_id=image_id,
-        policy=config.regions,
-        low_confidence=config.low_confidence,
-    )
-    doubt = image_uncertainty(
-        prediction.class_map,
-        prediction.confidence,
-        low_confidence=config.low_confidence,
-        fragments=found.fragments,
-    )
-    record = ImageRecord(
-        image_id=image_id,
+) -> ImageRecord:
+    """The row of a labeled image, before its regions are traced."""
+    return ImageRecord(
+        image_id=image_id_for(loaded.item.key),
         key=loaded.item.key,
         uri=loaded.item.uri,
         shard=shard_id,
@@ -275,18 +288,17 @@ def _records(
         mode=image.mode,
         frames=image.frames,
         inference=inference,
-        region_count=len(found.regions),
-        mean_confidence=doubt.mean_confidence,
-        low_confidence_share=doubt.low_confidence_share,
-        boundary_uncertainty=doubt.boundary_uncertainty,
-        fragments=doubt.fragments,
-        review_priority=doubt.review_priority,
+        region_count=0,
+        mean_confidence=None,
+        low_confidence_share=None,
+        boundary_uncertainty=None,
+        fragments=None,
+        review_priority=None,
         read_ms=loaded.read_ms,
         decode_ms=loaded.decode_ms,
         predict_ms=predict_ms,
-        regions_ms=_ms(t0),
+        regions_ms=0.0,
     )
-    return record, found.regions
 
 
 def _predict_halving(
