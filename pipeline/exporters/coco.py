@@ -46,15 +46,20 @@ def coco_from_view(view: RunView) -> dict[str, Any]:
     for row in view.regions.to_pylist():
         image = images[row["image_id"]]
         segmentation = coco_segmentation(row, height=image["height"], width=image["width"])
-        rle = segmentation_rle(segmentation, height=image["height"], width=image["width"])
+        if isinstance(segmentation, list) and row["fidelity"] == 1.0:
+            # IoU 1: the polygons draw exactly the mask, whose area and box the row holds.
+            area, bbox = row["area"], [float(v) for v in row["bbox"]]
+        else:
+            rle = segmentation_rle(segmentation, height=image["height"], width=image["width"])
+            area, bbox = int(mask_utils.area(rle)), [float(v) for v in mask_utils.toBbox(rle)]
         annotations.append(
             {
                 "id": coco_id(row["region_id"]),
                 "image_id": image["id"],
                 "category_id": row["class_id"],
                 "segmentation": segmentation,
-                "area": int(mask_utils.area(rle)),
-                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                "area": area,
+                "bbox": bbox,
                 "iscrowd": 0,
                 "score": round(float(row["score"]), 4),
             }

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.ledger import Ledger
@@ -71,20 +73,29 @@ def check_label_map(view: RunView) -> None:
         raise ExportError(f"{view.layout.root}: class names must be non-empty, got {list(names)}")
     if len(set(names)) != len(names):
         raise ExportError(f"{view.layout.root}: class names are not unique: {list(names)}")
-    size = {
-        row["image_id"]: (row["width"], row["height"])
-        for row in view.images.select(["image_id", "width", "height"]).to_pylist()
-    }
-    for row in view.regions.select(["image_id", "class_id", "bbox"]).to_pylist():
-        if not 0 <= row["class_id"] < len(names):
+    regions = view.regions
+    if not regions.num_rows:
+        return
+    # Column-wise: a run holds hundreds of regions per image.
+    class_ids = regions.column("class_id").to_numpy()
+    boxes = np.asarray(pc.list_flatten(regions.column("bbox")).to_numpy()).reshape(-1, 4)
+    index = pc.index_in(regions.column("image_id"), value_set=view.images.column("image_id"))
+    found = index.is_valid().to_numpy(zero_copy_only=False)
+    rows = index.fill_null(0).to_numpy()
+    widths = view.images.column("width").fill_null(0).to_numpy()[rows]
+    heights = view.images.column("height").fill_null(0).to_numpy()[rows]
+    x, y, w, h = boxes.T
+    bad_class = (class_ids < 0) | (class_ids >= len(names))
+    bad_box = ~found | (x < 0) | (y < 0) | (w <= 0) | (h <= 0)
+    bad_box |= (x + w > widths) | (y + h > heights)
+    for i in np.flatnonzero(bad_class | bad_box)[:1].tolist():
+        image_id = regions.column("image_id")[i].as_py()
+        if bad_class[i]:
             raise ExportError(
-                f"{view.layout.root}: region of image {row['image_id']} has class id "
-                f"{row['class_id']}, outside the {len(names)} classes"
+                f"{view.layout.root}: region of image {image_id} has class id "
+                f"{class_ids[i]}, outside the {len(names)} classes"
             )
-        x, y, w, h = row["bbox"]
-        width, height = size[row["image_id"]]
-        if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > width or y + h > height:
-            raise ExportError(
-                f"{view.layout.root}: region of image {row['image_id']} has box {row['bbox']} "
-                f"outside the {width}x{height} image"
-            )
+        raise ExportError(
+            f"{view.layout.root}: region of image {image_id} has box {boxes[i].tolist()} "
+            f"outside the {widths[i]}x{heights[i]} image"
+        )
