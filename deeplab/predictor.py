@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -74,9 +74,15 @@ class Predictor:
             self.model = self.model.to(memory_format=torch.channels_last)
         if on_cuda:
             torch.backends.cudnn.benchmark = True  # sizes repeat within a run: tune once each
-        self._logits = (
-            torch.compile(self.model.forward_logits) if compile else self.model.forward_logits
-        )
+        self._logits = self.model.forward_logits
+        if compile:
+            # On a CPU, freezing folds BatchNorm into the convs and prepacks their weights for
+            # oneDNN: measured 1.4x over eager channels_last (MobileNetV3, 480x640, 2 cores),
+            # where plain compile gained nothing. Inference only, which a Predictor is.
+            options: dict[str, Any] | None = (
+                {"freezing": True} if self.device.type == "cpu" else None
+            )
+            self._logits = torch.compile(self.model.forward_logits, options=options)
         self._normalize = Normalizer(meta, self.device)
 
     def predict(

@@ -132,3 +132,18 @@ def test_cuda_class_maps_agree_with_cpu(
     model.to("cpu")
     for a, b in zip(cpu, gpu, strict=True):
         assert (a.class_map == b.class_map).mean() > 0.99
+
+
+@pytest.mark.slow
+def test_compiled_and_frozen_on_cpu_predicts_what_eager_does(
+    model_and_meta: tuple[deeplab.DeepLab, deeplab.ModelMeta],
+) -> None:
+    """``compile`` on a CPU freezes the weights (BatchNorm folded into convs): the same
+    class maps as eager, up to a rare flip where two classes tie within float error."""
+    model, meta = model_and_meta
+    images = [image for image in _images(seed=4) if image.shape[:2] == (97, 131)]
+    eager = deeplab.Predictor(model, meta, device="cpu").predict(images)
+    compiled = deeplab.Predictor(model, meta, device="cpu", compile=True).predict(images)
+    for a, b in zip(eager, compiled, strict=True):
+        assert np.mean(a.class_map == b.class_map) > 0.999
+        assert np.abs(a.confidence.astype(int) - b.confidence.astype(int)).max() <= 1
