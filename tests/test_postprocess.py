@@ -1,0 +1,54 @@
+"""Tracing in worker processes gives what tracing here gives, and the workers stay light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.postprocess import trace, tracer
+from pipeline.regions import RegionPolicy, image_regions
+from pipeline.uncertainty import image_uncertainty
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _loaded() -> list[str]:
+    """Runs in a worker: which heavy libraries its process has imported."""
+    return [name for name in ("torch", "prefect") if name in sys.modules]
+
+
+def test_a_worker_traces_what_this_process_traces() -> None:
+    rng = np.random.default_rng(7)
+    coarse = rng.integers(0, 4, (12, 16), dtype=np.uint8)
+    class_map = np.kron(coarse, np.ones((8, 8), np.uint8))  # blocks: parts, holes, touching
+    confidence = rng.integers(0, 256, class_map.shape, dtype=np.uint8)
+    policy = RegionPolicy(min_area=8, simplify_tolerance=1.5)
+    traced = tracer(1).submit(
+        trace, class_map, confidence, image_id="img", policy=policy, low_confidence=0.4
+    )
+    result = traced.result(timeout=120)
+    here = image_regions(class_map, confidence, image_id="img", policy=policy, low_confidence=0.4)
+    assert result.found == here and len(here.regions) > 5
+    assert result.doubt == image_uncertainty(
+        class_map, confidence, low_confidence=0.4, fragments=here.fragments
+    )
+
+
+def test_workers_of_the_prelabel_command_import_neither_torch_nor_prefect(tmp_path: Path) -> None:
+    """A spawned worker re-imports the entry script; the ``prelabel`` script imports only
+    ``flows.__main__``, which must not pull in the CLI."""
+    entry = tmp_path / "prelabel"
+    entry.write_text(
+        "from flows.__main__ import main  # the console script's own import\n"
+        "if __name__ == '__main__':\n"
+        "    from pipeline.postprocess import tracer\n"
+        "    from tests.test_postprocess import _loaded\n"
+        "    print(tracer(1).submit(_loaded).result(timeout=120))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(entry)], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
