@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,10 @@ def test_workers_of_the_prelabel_command_import_neither_torch_nor_prefect(tmp_pa
         "    print(tracer(1).submit(_loaded).result(timeout=120))\n"
     )
     done = subprocess.run(
-        [sys.executable, str(entry)], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, str(entry)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},  # ``tests`` too, installed or not
     )
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
