@@ -268,19 +268,13 @@ def _labeled(
     config: RunConfig,
 ) -> ImageRecord:
     """The row of a labeled image, before its regions are traced."""
-    return ImageRecord(
-        image_id=image_id_for(loaded.item.key),
-        key=loaded.item.key,
-        uri=loaded.item.uri,
-        shard=shard_id,
+    return _row(
+        loaded,
+        shard_id,
+        meta,
+        config,
         status="ok",
-        error=None,
-        retryable=False,
-        size_bytes=loaded.item.size,
-        etag=loaded.item.etag,
         content_hash=image.content_hash,
-        model_version=meta.model_version,
-        config_hash=config.labeling_hash,
         width=image.width,
         height=image.height,
         model_width=image.pixels.shape[1],
@@ -288,17 +282,60 @@ def _labeled(
         mode=image.mode,
         frames=image.frames,
         inference=inference,
-        region_count=0,
-        mean_confidence=None,
-        low_confidence_share=None,
-        boundary_uncertainty=None,
-        fragments=None,
-        review_priority=None,
-        read_ms=loaded.read_ms,
-        decode_ms=loaded.decode_ms,
         predict_ms=predict_ms,
-        regions_ms=0.0,
     )
+
+
+def _failed(
+    loaded: _Loaded, shard_id: str, meta: deeplab.ModelMeta, config: RunConfig
+) -> ImageRecord:
+    log.warning("%s", loaded.error)
+    return _row(
+        loaded,
+        shard_id,
+        meta,
+        config,
+        status="failed",
+        error=loaded.error,
+        retryable=loaded.retryable,
+        content_hash=loaded.content_hash,
+    )
+
+
+def _row(
+    loaded: _Loaded, shard_id: str, meta: deeplab.ModelMeta, config: RunConfig, **fields: Any
+) -> ImageRecord:
+    """What every row holds, then ``fields``; what was not measured stays empty."""
+    common: dict[str, Any] = {
+        "image_id": image_id_for(loaded.item.key),
+        "key": loaded.item.key,
+        "uri": loaded.item.uri,
+        "shard": shard_id,
+        "error": None,
+        "retryable": False,
+        "size_bytes": loaded.item.size,
+        "etag": loaded.item.etag,
+        "content_hash": None,
+        "model_version": meta.model_version,
+        "config_hash": config.labeling_hash,
+        **dict.fromkeys(("width", "height", "model_width", "model_height", "mode", "frames")),
+        "inference": None,
+        "region_count": 0,
+        **dict.fromkeys(
+            (
+                "mean_confidence",
+                "low_confidence_share",
+                "boundary_uncertainty",
+                "fragments",
+                "review_priority",
+            )
+        ),
+        "read_ms": loaded.read_ms,
+        "decode_ms": loaded.decode_ms,
+        "predict_ms": 0.0,
+        "regions_ms": 0.0,
+    }
+    return ImageRecord(**(common | fields))
 
 
 def _predict_halving(
@@ -318,43 +355,6 @@ def _predict_halving(
         return _predict_halving(predictor, images[:half]) + _predict_halving(
             predictor, images[half:]
         )
-
-
-def _failed(
-    loaded: _Loaded, shard_id: str, meta: deeplab.ModelMeta, config: RunConfig
-) -> ImageRecord:
-    log.warning("%s", loaded.error)
-    return ImageRecord(
-        image_id=image_id_for(loaded.item.key),
-        key=loaded.item.key,
-        uri=loaded.item.uri,
-        shard=shard_id,
-        status="failed",
-        error=loaded.error,
-        retryable=loaded.retryable,
-        size_bytes=loaded.item.size,
-        etag=loaded.item.etag,
-        content_hash=loaded.content_hash,
-        model_version=meta.model_version,
-        config_hash=config.labeling_hash,
-        width=None,
-        height=None,
-        model_width=None,
-        model_height=None,
-        mode=None,
-        frames=None,
-        inference=None,
-        region_count=0,
-        mean_confidence=None,
-        low_confidence_share=None,
-        boundary_uncertainty=None,
-        fragments=None,
-        review_priority=None,
-        read_ms=loaded.read_ms,
-        decode_ms=loaded.decode_ms,
-        predict_ms=0.0,
-        regions_ms=0.0,
-    )
 
 
 def _bounded_map(
