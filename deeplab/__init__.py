@@ -8,6 +8,7 @@ from deeplab.model import DeepLab
 from deeplab.predictor import Prediction, Predictor
 from deeplab.registry import build_model as build
 from deeplab.registry import list_models
+from deeplab.stride import at_output_stride
 
 __all__ = [
     "CheckpointError",
@@ -15,6 +16,7 @@ __all__ = [
     "ModelMeta",
     "Prediction",
     "Predictor",
+    "at_output_stride",
     "build",
     "list_models",
     "load",

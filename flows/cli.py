@@ -89,6 +89,10 @@ def annotate(
     compile_model: Annotated[
         bool, typer.Option("--compile", help="torch.compile the model (pays a compile).")
     ] = False,
+    output_stride: Annotated[
+        int | None,
+        typer.Option(help="8, 16 or 32: run the model at this stride (default: as trained)."),
+    ] = None,
     large_images: Annotated[
         str | None,
         typer.Option(help="Over --max-side: downscale, or tile at full resolution."),
@@ -112,6 +116,7 @@ def annotate(
         "force": force or None,
         "precision": precision,
         "compile": compile_model or None,
+        "output_stride": output_stride,
         "large_images": large_images,
         "tile_size": tile_size,
     }

@@ -59,6 +59,9 @@ class RunConfig(BaseSettings):
     # auto: bfloat16 autocast on CUDA, float32 on the CPU. See README for the trade-offs.
     precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     compile: bool = False  # torch.compile the model: pays a compile per input size
+    # Run the checkpoint's weights at this output stride (None: the one it was trained at).
+    # 8 gives finer boundaries for about 3x the backbone's work of 16; see README.
+    output_stride: Literal[8, 16, 32] | None = None
     regions: RegionPolicy = RegionPolicy()
     exports: tuple[str, ...] = ("coco",)  # formats written when the run ends
     export_options: ExportOptions = ExportOptions()

@@ -28,15 +28,27 @@ def resolve_checkpoint(ref: str) -> Path:
 def load_predictor(config: RunConfig) -> deeplab.Predictor:
     """The run's predictor, loaded once per process for the settings that shape it."""
     return _cached(
-        config.model, config.device, config.low_confidence, config.precision, config.compile
+        config.model,
+        config.device,
+        config.low_confidence,
+        config.precision,
+        config.compile,
+        config.output_stride,
     )
 
 
 @lru_cache(maxsize=2)
 def _cached(
-    ref: str, device: str, low_confidence: float, precision: str, compile: bool
+    ref: str,
+    device: str,
+    low_confidence: float,
+    precision: str,
+    compile: bool,
+    output_stride: int | None,
 ) -> deeplab.Predictor:
     model, meta = deeplab.load(resolve_checkpoint(ref))
+    if output_stride is not None:
+        model, meta = deeplab.at_output_stride(model, meta, output_stride)
     return deeplab.Predictor(
         model,
         meta,

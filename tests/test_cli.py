@@ -63,6 +63,10 @@ def test_a_bad_file_is_reported_and_the_rest_labeled_exit_3(tmp_path: Path) -> N
             "regions.instances: Input should be 'components' or 'semantic'",
         ),
         (
+            ["annotate", "{tmp}/one", "--out", "{tmp}/run", "--output-stride", "12"],
+            "output_stride: Input should be 8, 16 or 32",
+        ),
+        (
             ["annotate", "{tmp}/one", "--out", "{tmp}/run", "--model", "{tmp}/one/a.png"],
             "a.png: not a checkpoint",
         ),

@@ -24,6 +24,7 @@ def test_environment_fills_what_the_caller_leaves_out(monkeypatch: pytest.Monkey
         ({"batch_size": 0}, "greater than or equal to 1"),
         ({"regions": {"min_aera": 3}}, "min_aera"),
         ({"low_confidence": 1.5}, "less than 1"),
+        ({"output_stride": 4}, "output_stride"),
     ],
 )
 def test_bad_fields_fail_by_name(fields: dict[str, object], message: str) -> None:

@@ -139,6 +139,7 @@ def test_force_relabels_everything_with_the_same_ids(source: Path, tmp_path: Pat
     [
         ({"regions": RegionPolicy(min_area=4)}, "another labeling config"),
         ({"max_side": 64}, "another labeling config"),
+        ({"output_stride": 8}, "another model"),  # same weights, other outputs
     ],
 )
 def test_a_rerun_under_another_config_is_refused(
