@@ -101,8 +101,7 @@ def process_shard(shard: Shard, config: RunConfig) -> ShardStats:
     """Label every image of the shard and write ``records/`` and ``images/`` for it.
 
     Reading and decoding run ahead in threads; regions are traced in worker processes
-    (``pipeline.postprocess``): on a GPU while the next batch is in the model, on a CPU
-    between batches, since there the forward already uses every core."""
+    (``pipeline.postprocess``) while the next batch is in the model."""
     predictor = load_predictor(config)
     source = storage_for(config.source, config)
     tiling = config.large_images == "tile"
@@ -111,7 +110,12 @@ def process_shard(shard: Shard, config: RunConfig) -> ShardStats:
     batch_size = batch_size_for(config, predictor.device)
     on_gpu = predictor.device.type != "cpu"
     workers = config.post_workers
-    pool = tracer(default_workers(predictor.device.type) if workers is None else workers)
+    # On a CPU the forward already uses every core: the tracing processes yield to it and
+    # take the cycles it leaves idle (measured 5% faster end to end than taking turns).
+    pool = tracer(
+        default_workers(predictor.device.type) if workers is None else workers,
+        yielding=not on_gpu,
+    )
 
     def load(item: ObjectInfo) -> _Loaded:
         t0 = time.perf_counter()
@@ -128,9 +132,7 @@ def process_shard(shard: Shard, config: RunConfig) -> ShardStats:
         return _Loaded(item, image, None, read_ms, _ms(t1))
 
     buckets: dict[tuple[int, ...], list[_Loaded]] = defaultdict(list)
-    labeler = _Labeler(
-        predictor, config, shard.shard_id, pool, ahead=2 * batch_size if on_gpu else 0
-    )
+    labeler = _Labeler(predictor, config, shard.shard_id, pool, ahead=2 * batch_size)
     with ThreadPoolExecutor(config.workers, thread_name_prefix="decode") as reader:
         for loaded in _bounded_map(reader, load, shard.items, ahead=2 * config.workers):
             if loaded.image is None:
@@ -168,8 +170,7 @@ def process_shard(shard: Shard, config: RunConfig) -> ShardStats:
 
 class _Labeler:
     """Predictions in, records out. Each prediction's regions are traced by ``pool``; at
-    most ``ahead`` images wait there while the model runs on (0: every batch waits for its
-    regions), so memory stays bounded."""
+    most ``ahead`` images wait there while the model runs on, so memory stays bounded."""
 
     def __init__(
         self,

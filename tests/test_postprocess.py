@@ -57,3 +57,10 @@ def test_workers_of_the_prelabel_command_import_neither_torch_nor_prefect(tmp_pa
         env={**os.environ, "PYTHONPATH": str(ROOT)},  # ``tests`` too, installed or not
     )
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_yielding_workers_run_below_this_process_priority() -> None:
+    """On a CPU the workers share cores with the forward; they must never hold it up."""
+    here = os.getpriority(os.PRIO_PROCESS, 0)
+    assert tracer(1, yielding=True).submit(os.getpriority, os.PRIO_PROCESS, 0).result(60) == 19
+    assert tracer(1).submit(os.getpriority, os.PRIO_PROCESS, 0).result(60) == here
