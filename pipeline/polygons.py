@@ -122,12 +122,13 @@ def polygon_iou(
     counts: str,
     *,
     crop: npt.NDArray[np.bool_],
+    pixels: int,
     origin: tuple[int, int],
     shape: tuple[int, int],
 ) -> float:
     """IoU of the polygons, as pycocotools fills them, against the mask whose compressed RLE
-    on a ``shape`` image is ``counts`` and whose pixels in the window at ``origin`` are
-    ``crop``.
+    on a ``shape`` image is ``counts`` and whose ``pixels`` pixels in the window at
+    ``origin`` are ``crop``.
 
     One part (an exterior and its holes) is measured on RLEs with pycocotools' own set
     operations, never drawing a pixel: ``P = E minus U`` (U the union of the holes), so
@@ -142,7 +143,7 @@ def polygon_iou(
     exterior, *holes = polygons[0]
     e = mask_utils.frPyObjects([list(exterior)], height, width)[0]
     m = {"size": [height, width], "counts": counts.encode("ascii")}
-    e_area, m_area = int(mask_utils.area(e)), int(mask_utils.area(m))
+    e_area, m_area = int(mask_utils.area(e)), pixels
     both = int(mask_utils.area(mask_utils.merge([e, m], intersect=True)))
     if holes:
         u = mask_utils.merge(mask_utils.frPyObjects([list(h) for h in holes], height, width))

@@ -41,6 +41,8 @@ class _Component:
     label: int
     box: tuple[int, int, int, int]  # x, y, w, h
     first: tuple[int, int]  # (row, column) of its first pixel in raster order
+    crop: npt.NDArray[np.bool_]  # its pixels within its box
+    pixels: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,18 +119,19 @@ def _class_regions(
     groups = [components] if policy.instances == "semantic" else [[c] for c in components]
     regions = []
     for group in groups:
-        x0, y0, x1, y1 = _union_box([c.box for c in group])
-        window = labels[y0:y1, x0:x1]
-        crop = (
-            np.isin(window, [c.label for c in group])
-            if len(group) > 1
-            else window == group[0].label
-        )
+        if len(group) == 1:
+            (x0, y0, _, _), crop, pixels = group[0].box, group[0].crop, group[0].pixels
+            x1, y1 = x0 + crop.shape[1], y0 + crop.shape[0]
+        else:
+            x0, y0, x1, y1 = _union_box([c.box for c in group])
+            crop = np.isin(labels[y0:y1, x0:x1], [c.label for c in group])
+            pixels = sum(c.pixels for c in group)
         if policy.fill_holes_below:
             crop = _fill_small_holes(crop, policy.fill_holes_below)
+            pixels = int(np.count_nonzero(crop))
         window_confidence = confidence[y0:y1, x0:x1]
         regions.append(
-            _region(crop, window_confidence, (x0, y0), class_map.shape, class_id, context)
+            _region(crop, pixels, window_confidence, (x0, y0), class_map.shape, class_id, context)
         )
     return regions, dropped
 
@@ -156,8 +159,10 @@ def _components(
         x, y = border[0, 0].tolist()
         label = int(labels[y, x])
         crop = labels[y0 : y0 + h, x0 : x0 + w] == label
-        if np.count_nonzero(crop) >= min_area:
-            found.append(_Component(label, (x0, y0, w, h), (y0, x0 + int(np.argmax(crop[0])))))
+        pixels = int(np.count_nonzero(crop))
+        if pixels >= min_area:
+            first = (y0, x0 + int(np.argmax(crop[0])))
+            found.append(_Component(label, (x0, y0, w, h), first, crop, pixels))
         else:
             dropped += 1
     found.sort(key=lambda c: c.first)
@@ -188,6 +193,7 @@ def _fill_small_holes(crop: npt.NDArray[np.bool_], below: int) -> npt.NDArray[np
 
 def _region(
     crop: npt.NDArray[np.bool_],
+    pixels: int,
     confidence: npt.NDArray[np.uint8],
     origin: tuple[int, int],
     shape: tuple[int, ...],
@@ -196,14 +202,15 @@ def _region(
 ) -> Region:
     policy = context.policy
     (x0, y0), (height, width) = origin, shape
-    pixels = int(np.count_nonzero(crop))
     inside = confidence[crop]
     rle = rle_from_crop(crop, x0=x0, y0=y0, height=height, width=width)
     polygons, exact = trace_polygons(crop, x0=x0, y0=y0, tolerance=policy.simplify_tolerance)
     fidelity = (
         1.0
         if exact
-        else polygon_iou(polygons, rle, crop=crop, origin=origin, shape=(height, width))
+        else polygon_iou(
+            polygons, rle, crop=crop, pixels=pixels, origin=origin, shape=(height, width)
+        )
     )
     return Region(
         image_id=context.image_id,
