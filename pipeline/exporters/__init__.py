@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import gc
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 from pipeline.exporters.coco import export_coco
 from pipeline.exporters.cvat import export_cvat
@@ -44,4 +46,20 @@ def check_formats(formats: Sequence[str]) -> None:
 def export(view: RunView, formats: Sequence[str], options: ExportOptions) -> tuple[str, ...]:
     """Write each format in turn; returns the URIs written."""
     check_formats(formats)
-    return tuple(uri for name in formats for uri in EXPORTERS[name](view, options))
+    with _no_cycle_collection():
+        return tuple(uri for name in formats for uri in EXPORTERS[name](view, options))
+
+
+@contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Exports turn records into millions of small Python objects (rows, coordinates), and
+    each batch of new objects set off the cycle collector, which walks everything made so
+    far: two thirds of a COCO export's time (0.39 s against 0.13 s for 12.6k regions).
+    Records form no cycles, so collection waits until the exports are written."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
