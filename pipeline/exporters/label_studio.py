@@ -15,7 +15,6 @@ carries the image id and key for the same reason.
 
 from __future__ import annotations
 
-import json
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from urllib.parse import quote
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from pipeline.exporters.class_maps import class_colours, region_crop
 from pipeline.exporters.view import ExportOptions, RunView
@@ -42,8 +42,7 @@ _RUN_LIMITS = 1 << _RUN_BITS  # the longest run each width holds (the field stor
 def export_label_studio(view: RunView, options: ExportOptions) -> tuple[str, ...]:
     tasks_uri = view.layout.export("label-studio.json")
     config_uri = view.layout.export("label-config.xml")
-    tasks = json.dumps(label_studio_tasks(view, options), separators=(",", ":"))
-    view.layout.storage.write_atomic(tasks_uri, tasks.encode())
+    view.layout.storage.write_atomic(tasks_uri, orjson.dumps(label_studio_tasks(view, options)))
     config = label_config(view.class_names, view.background)
     view.layout.storage.write_atomic(config_uri, config.encode())
     return (tasks_uri, config_uri)
