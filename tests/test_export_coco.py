@@ -8,6 +8,7 @@ import io
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
@@ -29,16 +30,22 @@ def class_maps(seed: int) -> dict[str, np.ndarray]:
             dy, dx = rng.integers(4, 20, 2)
             class_map[y : y + dy, x : x + dx] = rng.integers(1, 5)
         class_map[h // 2 - 2 : h // 2 + 2, w // 2 - 2 : w // 2 + 2] = 0  # holes in some
+        for _ in range(2):  # curved parts: simplified at 1.5 px, polygons draw them nearly
+            centre = (int(rng.integers(6, w - 6)), int(rng.integers(6, h - 6)))
+            cv2.circle(class_map, centre, int(rng.integers(8, 13)), 4, thickness=-1)
         maps[f"sub/image {n}.png"] = class_map
     return maps
 
 
-@pytest.fixture
-def coco_path(tmp_path: Path) -> Path:
+# Exact polygons, polygons that only nearly draw their mask (area and box measured on the
+# polygon), and those of several parts (measured on their union).
+@pytest.fixture(params=[("components", 0.5), ("components", 1.5), ("semantic", 1.5)])
+def coco_path(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    instances, tolerance = request.param
     view = write_run(
         tmp_path / "run",
         class_maps(7),
-        policy=RegionPolicy(min_area=1, instances="components"),
+        policy=RegionPolicy(min_area=1, instances=instances, simplify_tolerance=tolerance),
         failed={"bad.jpg": "bad.jpg: not an image"},
     )
     (uri,) = export(view, ["coco"], ExportOptions())
