@@ -11,6 +11,7 @@ from pathlib import Path
 from pipeline import progress
 from pipeline.config import RunConfig
 from pipeline.decode import IMAGE_EXTENSIONS, is_image_name
+from pipeline.errors import PrelabelError
 from pipeline.exporters import export, view_of
 from pipeline.ledger import Ledger, LedgerConflictError
 from pipeline.models import load_predictor
@@ -21,7 +22,7 @@ from pipeline.storage import ObjectInfo, storage_for
 _EXTENSIONS = ", ".join(sorted(IMAGE_EXTENSIONS))
 
 
-class RunError(Exception):
+class RunError(PrelabelError):
     """The run cannot start (no images, unusable output); the message says why in one line."""
 
 

@@ -47,6 +47,12 @@ class RunConfig(BaseSettings):
     max_pixels: int = Field(89_478_485, ge=1)
     shard_size: int = Field(256, ge=1)  # images per shard: the unit of work, retry and resume
     workers: int = Field(default_factory=_default_workers, ge=1)  # read + decode threads
+    # Seconds one image's read may take before it is recorded as failed (retryable) and the
+    # shard goes on: a hung mount or a file that never ends must not hold the run.
+    read_timeout: float = Field(300.0, gt=0)
+    # Seconds without a heartbeat after which another run may take over the run folder's lease
+    # (a run on the same host whose process is gone is taken over at once).
+    lease_timeout: float = Field(60.0, gt=0)
     # Processes that trace regions (pipeline.postprocess); None: one per core (one fewer on a
     # GPU); 0: one thread in this process.
     post_workers: int | None = Field(None, ge=0, le=256)

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.errors import PrelabelError
 from pipeline.run_folder import RunLayout
 from pipeline.storage import ObjectInfo, StorageError
 from pipeline.tables import IMAGES_SCHEMA, REGIONS_SCHEMA
@@ -25,7 +26,7 @@ from pipeline.tables import IMAGES_SCHEMA, REGIONS_SCHEMA
 _SHARD_FILE = re.compile(r"shard-(\d{4})-\d{5}\.parquet")
 
 
-class LedgerConflictError(Exception):
+class LedgerConflictError(PrelabelError):
     """The run folder holds labels from another model or config; mixing them would be wrong."""
 
 

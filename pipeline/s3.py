@@ -28,7 +28,7 @@ from pydantic import (
     field_validator,
 )
 
-from pipeline.storage import ObjectInfo, StorageError
+from pipeline.storage import NotFoundError, ObjectInfo, StorageError
 
 SCHEME = "s3://"
 MAX_PUT_BYTES = 5 * 1024**3  # S3's limit for a single PUT
@@ -128,14 +128,14 @@ class S3Storage:
                         etag=str(item["ETag"]).strip('"'),
                     )
         except (ClientError, BotoCoreError) as exc:
-            raise StorageError(f"{prefix}: cannot list ({_reason(exc)})") from exc
+            raise _error(prefix, "cannot list", exc) from exc
 
     def read(self, uri: str) -> bytes:
         bucket, key = split_uri(uri)
         try:
             data: bytes = self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
         except (ClientError, BotoCoreError) as exc:
-            raise StorageError(f"{uri}: cannot read ({_reason(exc)})") from exc
+            raise _error(uri, "cannot read", exc) from exc
         return data
 
     def write_atomic(self, uri: str, data: bytes) -> None:
@@ -146,18 +146,17 @@ class S3Storage:
         try:
             self.client.put_object(Bucket=bucket, Key=key, Body=data)
         except (ClientError, BotoCoreError) as exc:
-            raise StorageError(f"{uri}: cannot write ({_reason(exc)})") from exc
+            raise _error(uri, "cannot write", exc) from exc
 
     def exists(self, uri: str) -> bool:
         bucket, key = split_uri(uri)
         try:
             self.client.head_object(Bucket=bucket, Key=key)
-        except ClientError as exc:
-            if _code(exc) in _MISSING:
+        except (ClientError, BotoCoreError) as exc:
+            error = _error(uri, "cannot check", exc)
+            if isinstance(error, NotFoundError):
                 return False
-            raise StorageError(f"{uri}: cannot check ({_reason(exc)})") from exc
-        except BotoCoreError as exc:
-            raise StorageError(f"{uri}: cannot check ({_reason(exc)})") from exc
+            raise error from exc
         return True
 
     def join(self, base: str, *parts: str) -> str:
@@ -198,6 +197,23 @@ def _code(exc: Exception) -> str:
     if isinstance(exc, ClientError):
         return str(exc.response.get("Error", {}).get("Code", "unknown"))
     return type(exc).__name__
+
+
+# Worth a second try: the store was busy or the reply was lost, not a refusal.
+_TRANSIENT = {"SlowDown", "Throttling", "RequestTimeout", "InternalError", "ServiceUnavailable"}
+
+
+def _error(uri: str, what: str, exc: Exception) -> StorageError:
+    """The storage error for a failed call: missing, transient (network, throttling, 5xx,
+    after boto3's own retries) or a refusal."""
+    message = f"{uri}: {what} ({_reason(exc)})"
+    if isinstance(exc, ClientError):
+        code = _code(exc)
+        if code in _MISSING:
+            return NotFoundError(message)
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+        return StorageError(message, transient=code in _TRANSIENT or status >= 500)
+    return StorageError(message, transient=True)  # connection refused, dropped or timed out
 
 
 def _reason(exc: Exception) -> str:

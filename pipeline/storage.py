@@ -12,13 +12,24 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Protocol
 
 from deeplab.files import write_atomic
+from pipeline.errors import PrelabelError
 
 if TYPE_CHECKING:
     from pipeline.s3 import S3Settings
 
 
-class StorageError(OSError):
-    """A read, write or listing that failed; the message names the URI."""
+class StorageError(PrelabelError, OSError):
+    """A read, write or listing that failed; the message names the URI. ``transient``: the
+    same call may succeed if tried again (a throttled or dropped request), as opposed to a
+    refusal (access denied, no such bucket) or a local fault (disk full)."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class NotFoundError(StorageError):
+    """The object or folder is not there: the one storage error that means "nothing yet"."""
 
 
 @dataclass(frozen=True, slots=True)

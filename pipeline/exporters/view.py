@@ -10,12 +10,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from pipeline.errors import PrelabelError
 from pipeline.ledger import Ledger
 from pipeline.run_folder import ModelInfo, RunLayout, RunManifest
 from pipeline.storage import StorageError, storage_for
 
 
-class ExportError(Exception):
+class ExportError(PrelabelError):
     """An export that cannot be written (no finished run, a bad label map); one line why."""
 
 
