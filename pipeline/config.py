@@ -1,6 +1,7 @@
 """Run configuration: one validated model at the boundary, from flags, ``PRELABEL_*`` or code.
 
-A typo in a field name fails by name (``extra="forbid"``) instead of being silently ignored.
+A typo in a field name fails by name (``extra="forbid"``, and a ``PRELABEL_*`` variable that names
+no setting) instead of being silently ignored.
 """
 
 from __future__ import annotations
@@ -8,15 +9,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from pipeline.exporters.view import ExportOptions
 from pipeline.regions import RegionPolicy
 from pipeline.s3 import S3Settings
+
+ENV_PREFIX, ENV_NESTED = "PRELABEL_", "__"
+# The devices deeplab.predictor.resolve_device is meant for (the --device help, README); "auto"
+# picks one.
+_DEVICE = re.compile(r"auto|cpu|cuda(:(0|[1-9][0-9]*))?")
 
 
 def _default_workers() -> int:
@@ -31,7 +39,7 @@ class RunConfig(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        env_prefix="PRELABEL_", env_nested_delimiter="__", frozen=True, extra="forbid"
+        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED, frozen=True, extra="forbid"
     )
 
     source: str  # a folder or an s3://bucket/prefix of images
@@ -69,18 +77,70 @@ class RunConfig(BaseSettings):
     # 8 is a finer map for 2.6x the multiply-adds of 16 (ResNet-50); README has the figures.
     output_stride: Literal[8, 16, 32] | None = None
     regions: RegionPolicy = RegionPolicy()
-    exports: tuple[str, ...] = ("coco",)  # formats written when the run ends
+    # Formats written when the run ends; from the environment as PRELABEL_EXPORTS=coco,masks.
+    exports: Annotated[tuple[str, ...], NoDecode] = ("coco",)
     export_options: ExportOptions = ExportOptions()
     force: bool = False  # re-label every image, even those the run folder already holds
     s3: S3Settings = S3Settings()  # how to reach S3; credentials only from boto3's chain
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_variables(cls, data: Any) -> Any:
+        """pydantic-settings skips a ``PRELABEL_*`` variable that names no field, so a typo'd
+        one would run with the default unnoticed: refuse it by name."""
+        unknown: dict[tuple[str, ...], tuple[type[BaseModel], list[str]]] = {}
+        for name in sorted(os.environ):
+            if name.upper().startswith(ENV_PREFIX) and (missed := _unknown(name)) is not None:
+                level, model = missed
+                unknown.setdefault(level, (model, []))[1].append(name)
+        if unknown:
+            raise ValueError(
+                "; ".join(
+                    f"{', '.join(names)}: no such setting; settings "
+                    + (f"under {_variable(level)}{ENV_NESTED} " if level else "")
+                    + f"are {_variables(model, level)}"
+                    for level, (model, names) in unknown.items()
+                )
+            )
+        return data
+
     @model_validator(mode="after")
     def _tiles_overlap_less_than_a_tile(self) -> RunConfig:
+        """Worded with the field names as words and listed in ``fields``, so that a command
+        line can name each as its user set it (flows.cli_common.describe)."""
         if self.tile_overlap >= self.tile_size:
-            raise ValueError(
-                f"tile_overlap {self.tile_overlap} must be under tile_size {self.tile_size}"
+            raise PydanticCustomError(
+                "tile_overlap_not_under_tile_size",
+                "tile_size {tile_size} must be larger than the tile overlap "
+                "({tile_overlap}, tile_overlap)",
+                {
+                    "tile_size": self.tile_size,
+                    "tile_overlap": self.tile_overlap,
+                    "fields": ("tile_size", "tile_overlap"),
+                },
             )
         return self
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        """Checked here, where a mistake is one line, not when the model loads."""
+        if not _DEVICE.fullmatch(value):
+            raise ValueError("choose auto, cpu, cuda or cuda:N (N a GPU index)")
+        return value
+
+    @field_validator("exports", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        """``coco,masks`` from the environment; a JSON list (``["coco"]``) is taken too."""
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError("not a JSON list; name formats as coco,masks") from None
+        return tuple(part.strip() for part in value.split(",") if part.strip())
 
     @field_validator("source", "out", "model")
     @classmethod
@@ -108,3 +168,55 @@ class RunConfig(BaseSettings):
             },
         )
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _nested(model: type[BaseModel], field: str) -> type[BaseModel] | None:
+    """The model whose fields a field's own variables (``<FIELD>__<NAME>``) set, if any."""
+    annotation = model.model_fields[field].annotation
+    return (
+        annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    )
+
+
+def _variable(path: tuple[str, ...]) -> str:
+    return ENV_PREFIX + ENV_NESTED.join(path).upper()
+
+
+def _variables(model: type[BaseModel], level: tuple[str, ...]) -> str:
+    """The variables that set ``model``'s fields, it being RunConfig's nested ``level``; a
+    model nested in it shows as ``PRELABEL_REGIONS__*``."""
+    return ", ".join(
+        _variable((*level, field)) + (f"{ENV_NESTED}*" if _nested(model, field) else "")
+        for field in model.model_fields
+    )
+
+
+def _unknown(name: str) -> tuple[tuple[str, ...], type[BaseModel]] | None:
+    """For a ``PRELABEL_*`` variable that names no setting, the model (and its path) whose
+    fields it misses; None when it names one."""
+    model: type[BaseModel] = RunConfig
+    level: tuple[str, ...] = ()
+    parts = name[len(ENV_PREFIX) :].lower().split(ENV_NESTED)
+    for i, part in enumerate(parts):
+        if part not in model.model_fields:
+            return level, model
+        nested = _nested(model, part)
+        if nested is None:  # a value: the name must end with it
+            return None if i == len(parts) - 1 else (level, model)
+        model, level = nested, (*level, part)
+    return None  # a whole nested model, as JSON
+
+
+def undecodable_variable(error: SettingsError) -> str:
+    """One line for the variable pydantic-settings could not decode as JSON, naming it, its
+    value and the one-field-at-a-time variables that need no JSON."""
+    found = re.search(r'field "([^"]+)"', str(error))
+    field = found[1] if found else ""
+    if field not in RunConfig.model_fields or (nested := _nested(RunConfig, field)) is None:
+        return str(error)  # the nested models are the only fields decoded from JSON
+    name = next((n for n in os.environ if n.upper() == _variable((field,))), _variable((field,)))
+    # A JSON object may hold an endpoint URL with a user:password in it; mask it as S3Settings
+    # does, so that no terminal shows the secret.
+    value = re.sub(r"//[^/@\s]*@", "//***@", os.environ.get(name, ""))
+    one_by_one = _variables(nested, (field,))
+    return f"{name}={value!r}: not a JSON object; set one field at a time instead: {one_by_one}"
