@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -33,6 +32,7 @@ from pipeline.storage import NotFoundError, ObjectInfo, StorageError
 SCHEME = "s3://"
 MAX_PUT_BYTES = 5 * 1024**3  # S3's limit for a single PUT
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+_CONDITION_FAILED = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 # What boto3 reads from the environment to pick an endpoint, region or profile: a client made
 # under other values is another client.
 _ENVIRONMENT = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_PROFILE")
@@ -138,6 +138,63 @@ class S3Storage:
             raise _error(uri, "cannot read", exc) from exc
         return data
 
+    def read_tail(self, uri: str, size: int) -> bytes:
+        """The last ``size`` bytes, in one ranged GET."""
+        bucket, key = split_uri(uri)
+        try:
+            response = self.client.get_object(Bucket=bucket, Key=key, Range=f"bytes=-{size}")
+            data: bytes = response["Body"].read()
+        except (ClientError, BotoCoreError) as exc:
+            raise _error(uri, "cannot read", exc) from exc
+        return data
+
+    def read_versioned(self, uri: str) -> tuple[bytes, str]:
+        """The content and its ETag, for ``write_if``."""
+        bucket, key = split_uri(uri)
+        try:
+            response = self.client.get_object(Bucket=bucket, Key=key)
+            data: bytes = response["Body"].read()
+        except (ClientError, BotoCoreError) as exc:
+            raise _error(uri, "cannot read", exc) from exc
+        return data, str(response["ETag"])
+
+    def write_if(self, uri: str, data: bytes, *, match: str | None) -> str | None:
+        """A conditional PUT: only if absent (``If-None-Match: *``) or still at the ETag
+        ``match`` (``If-Match``); the new ETag, or None when the condition failed. A retried
+        PUT whose first try landed also fails the condition: callers that must know read the
+        object back."""
+        bucket, key = split_uri(uri)
+        condition = {"IfNoneMatch": "*"} if match is None else {"IfMatch": match}
+        try:
+            response = self.client.put_object(Bucket=bucket, Key=key, Body=data, **condition)
+        except (ClientError, BotoCoreError) as exc:
+            if _code(exc) in _CONDITION_FAILED:
+                return None
+            raise _error(uri, "cannot write", exc) from exc
+        return str(response["ETag"])
+
+    def delete_if(self, uri: str, *, match: str) -> bool:
+        bucket, key = split_uri(uri)
+        try:
+            self.client.delete_object(Bucket=bucket, Key=key, IfMatch=match)
+        except (ClientError, BotoCoreError) as exc:
+            if _code(exc) in _CONDITION_FAILED | _MISSING:
+                return False
+            raise _error(uri, "cannot delete", exc) from exc
+        return True
+
+    def move(self, uri: str, to: str) -> None:
+        """Copy, then delete: S3 has no rename. A failure between the two leaves both."""
+        bucket, key = split_uri(uri)
+        to_bucket, to_key = split_uri(to)
+        try:
+            self.client.copy_object(
+                Bucket=to_bucket, Key=to_key, CopySource={"Bucket": bucket, "Key": key}
+            )
+            self.client.delete_object(Bucket=bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise _error(uri, f"cannot move to {to}", exc) from exc
+
     def write_atomic(self, uri: str, data: bytes) -> None:
         """One PUT: S3 shows readers the old object or the whole new one, never a part."""
         bucket, key = split_uri(uri)
@@ -169,27 +226,17 @@ class S3Storage:
         return "/".join([base.rstrip("/"), *segments])
 
     def ensure_writable(self, prefix: str) -> None:
-        """The bucket exists and takes a small probe object under ``prefix``, then lets it be
-        removed: fail now, not after the first shard's work."""
-        bucket, key = split_uri(prefix)
+        """The bucket exists and this client may use it: fail now, not after the first
+        shard's work. The first write is the run folder's lease, so no probe object is
+        needed (and none can be left behind)."""
+        bucket, _ = split_uri(prefix)
         try:
             self.client.head_bucket(Bucket=bucket)
         except (ClientError, BotoCoreError) as exc:
             why = {"404": "no such bucket", "403": "access denied"}.get(_code(exc), _reason(exc))
-            raise StorageError(f"{prefix}: bucket {bucket!r} is not usable ({why})") from exc
-        probe = "/".join(filter(None, [key.strip("/"), f".prelabel-probe-{uuid.uuid4().hex}"]))
-        try:
-            self.client.put_object(Bucket=bucket, Key=probe, Body=b"")
-        except (ClientError, BotoCoreError) as exc:
             raise StorageError(
-                f"{prefix}: cannot write to bucket {bucket!r} ({_reason(exc)})"
-            ) from exc
-        try:
-            self.client.delete_object(Bucket=bucket, Key=probe)
-        except (ClientError, BotoCoreError) as exc:
-            raise StorageError(
-                f"{prefix}: bucket {bucket!r} took the probe object {probe!r} but cannot delete "
-                f"it ({_reason(exc)})"
+                f"{prefix}: bucket {bucket!r} is not usable ({why})",
+                transient=_error(prefix, "", exc).transient,
             ) from exc
 
 

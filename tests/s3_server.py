@@ -67,12 +67,16 @@ def s3_endpoint() -> Iterator[S3Endpoint]:
     server.stop()
 
 
+DROP = 0  # a "status" that answers nothing: the connection is closed instead
+
+
 class FaultProxy:
     """A loopback HTTP proxy in front of ``upstream`` that fails a share of requests with one of
-    ``statuses`` (half before they reach the server, half after it acted, as when a reply is
-    lost) and delays others. The same request fails at most ``max_streak`` times in a row, so a
-    client that retries more often than that always gets through; ``deny`` answers 403
-    AccessDenied to the requests it picks, every time."""
+    ``statuses`` (``DROP``: the connection closed with no reply) and delays others. A share
+    ``after`` of the failures happen after the server acted, as when a reply is lost. The same
+    request fails at most ``max_streak`` times in a row, so a client that retries more often
+    than that always gets through; ``deny`` answers 403 AccessDenied to the requests it picks,
+    every time."""
 
     def __init__(
         self,
@@ -84,11 +88,13 @@ class FaultProxy:
         max_streak: int = 2,
         seed: int = 0,
         statuses: tuple[int, ...] = (500, 503),
+        after: float = 0.5,
         deny: Callable[[str, str], bool] = lambda method, path: False,
     ) -> None:
         self.upstream = upstream.removeprefix("http://")
         self.fail_share, self.delay_share, self.max_delay = fail_share, delay_share, max_delay
         self.max_streak, self.statuses, self.deny = max_streak, statuses, deny
+        self.after = after
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.streaks: dict[tuple[str, str], int] = {}
@@ -123,7 +129,7 @@ class FaultProxy:
             if streak < self.max_streak and self.random.random() < self.fail_share:
                 self.streaks[request] = streak + 1
                 self.failed += 1
-                return self.random.choice(self.statuses), self.random.random() < 0.5, wait
+                return self.random.choice(self.statuses), self.random.random() < self.after, wait
             self.streaks[request] = 0
             self.forwarded += 1
             return None, False, wait
@@ -149,6 +155,9 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 return
             if after:
                 self._forward(body)  # the server acts, the client never hears of it
+            if status == DROP:
+                self.close_connection = True
+                return
             code = _ERRORS[status]
             error = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
             self._send(status, [("Content-Type", "application/xml")], error)
