@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 from pathlib import Path
+
+_partial: set[Path] = set()  # temp files being written now, by any thread
+_partial_lock = threading.Lock()
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -16,8 +20,10 @@ def write_atomic(path: Path, data: bytes) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    with _partial_lock:
+        _partial.add(tmp)
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -26,3 +32,14 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        with _partial_lock:
+            _partial.discard(tmp)
+
+
+def remove_partial_files() -> None:
+    """Delete the temp files of writes still under way: for a process about to end without
+    unwinding (``os._exit``), so no ``.tmp`` file outlives it."""
+    with _partial_lock:
+        for tmp in _partial:
+            tmp.unlink(missing_ok=True)

@@ -31,8 +31,16 @@ from prefect.exceptions import ObjectAlreadyExists
 
 from deeplab.predictor import resolve_device
 from pipeline import progress
-from pipeline.annotate import RunPlan, RunSummary, finish_run, plan_run
+from pipeline.annotate import (
+    REPAIR_PASSES,
+    RunPlan,
+    RunSummary,
+    finish_run,
+    plan_run,
+    run_lease,
+)
 from pipeline.config import RunConfig
+from pipeline.ledger import DamagedShardError
 from pipeline.shards import Shard, ShardStats, process_shard
 from pipeline.storage import StorageError
 
@@ -41,29 +49,46 @@ Executor = Literal["local", "deployment"]
 
 
 def _transient(task: object, task_run: object, state: State) -> bool:
-    """Retry what may pass (storage, network, device memory, a tracing process killed for
-    memory); bad images never raise."""
+    """Retry what may pass (a throttled or dropped storage call, the network, device memory,
+    a tracing process killed for memory); a refusal, a full disk or a bad image would fail
+    the same way again."""
     try:
         state.result()
-    except (StorageError, ConnectionError, TimeoutError, MemoryError, BrokenExecutor):
+    except StorageError as exc:
+        return exc.transient
+    except (ConnectionError, TimeoutError, MemoryError, BrokenExecutor):
         return True
     except Exception:
         return False
     return False
 
 
+# Every step touches the run folder, so every step retries what may pass, the same way.
 # Inputs hold a whole shard listing and results are cheap to recompute from the run folder,
 # so Prefect's input-hash caching would only cost time.
-plan_task = task(name="plan", cache_policy=NO_CACHE)(plan_run)
+_RETRIES, _DELAYS = 2, [5.0, 30.0]  # seconds before the first and second retry
+plan_task = task(
+    name="plan",
+    cache_policy=NO_CACHE,
+    retries=_RETRIES,
+    retry_delay_seconds=_DELAYS,
+    retry_condition_fn=_transient,
+)(plan_run)
 shard_task = task(
     name="shard",
-    cache_policy=NO_CACHE,
     task_run_name="{shard.shard_id}",
-    retries=2,
-    retry_delay_seconds=[5, 30],
+    cache_policy=NO_CACHE,
+    retries=_RETRIES,
+    retry_delay_seconds=_DELAYS,
     retry_condition_fn=_transient,
 )(process_shard)
-finish_task = task(name="finish", cache_policy=NO_CACHE)(finish_run)
+finish_task = task(
+    name="finish",
+    cache_policy=NO_CACHE,
+    retries=_RETRIES,
+    retry_delay_seconds=_DELAYS,
+    retry_condition_fn=_transient,
+)(finish_run)
 
 
 @flow(name="annotate-shard", flow_run_name="{shard.shard_id}")
@@ -78,16 +103,25 @@ def shard_flow(shard: Shard, config: RunConfig) -> ShardStats:
 def annotate_flow(
     config: RunConfig, executor: Executor = "local", shard_deployment: str = SHARD_DEPLOYMENT
 ) -> RunSummary:
-    plan = plan_task(config)
-    progress.started(plan.images - plan.done)
-    tracker = _ProgressArtifact(len(plan.shards))
-    if executor == "local":
-        for shard in plan.shards:
-            shard_task(shard, config)
-            tracker.advance()
-    else:
-        _run_on_deployment(plan, shard_deployment, tracker)
-    summary: RunSummary = finish_task(plan)
+    """Under the run folder's lease (shared with a CLI that took it already): plan, shards,
+    finish; planned again if the finish step found a shard damaged and moved it aside."""
+    with run_lease(config) as lease:
+        for attempt in range(1, REPAIR_PASSES + 1):
+            plan = plan_task(config, lease.token)
+            progress.started(plan.images - plan.done)
+            tracker = _ProgressArtifact(len(plan.shards))
+            if executor == "local":
+                for shard in plan.shards:
+                    shard_task(shard, config)
+                    tracker.advance()
+            else:
+                _run_on_deployment(plan, shard_deployment, tracker)
+            try:
+                summary: RunSummary = finish_task(plan)
+                break
+            except DamagedShardError:
+                if attempt == REPAIR_PASSES:
+                    raise
     create_table_artifact(
         key="annotate-shards",
         table=[
@@ -150,6 +184,8 @@ def _run_on_deployment(plan: RunPlan, deployment: str, tracker: _ProgressArtifac
                 shard = pending.pop(run_id)
                 tracker.advance()
                 progress.advanced(len(shard.items))
+                if state.is_completed():
+                    progress.shard_saved(len(shard.items))
                 if not state.is_completed():
                     failed.append(f"{shard.shard_id} ({state.name}: {state.message})")
     if failed:

@@ -4,6 +4,8 @@ functions into a flow; everything here runs and tests without it."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +15,9 @@ from pipeline.config import RunConfig
 from pipeline.decode import IMAGE_EXTENSIONS, is_image_name
 from pipeline.errors import PrelabelError
 from pipeline.exporters import export, view_of
-from pipeline.ledger import Ledger, LedgerConflictError
+from pipeline.lease import Lease, holding
+from pipeline.lease import verify as verify_lease
+from pipeline.ledger import DamagedShardError, Ledger, LedgerConflictError, quarantine
 from pipeline.models import load_predictor
 from pipeline.run_folder import ModelInfo, RunLayout, RunManifest, code_version
 from pipeline.shards import Shard, ShardStats, plan_shards, process_shard, shard_stats
@@ -26,15 +30,23 @@ class RunError(PrelabelError):
     """The run cannot start (no images, unusable output); the message says why in one line."""
 
 
+# Passes over a run folder in one run: a shard found damaged while finishing is moved aside
+# and its images labeled again; a second damaged shard in a row means something keeps
+# breaking files, and the run stops instead of looping.
+REPAIR_PASSES = 2
+
+
 @dataclass(frozen=True, slots=True)
 class RunPlan:
     config: RunConfig
+    lease: str  # the run folder's lease this run writes under
     shards: tuple[Shard, ...]  # only the images this pass labels
     images: int  # images in the source
     done: int  # of those, already labeled in the run folder under the same model and config
     skipped: int  # listed files that are not images by extension
     model: ModelInfo
     started_at: datetime
+    repaired: tuple[str, ...] = ()  # damaged shards moved aside, each "file: reason"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +62,7 @@ class RunSummary:
     seconds: float
     exports: tuple[str, ...]
     shards: tuple[ShardStats, ...]  # this pass's shards
+    repaired: tuple[str, ...] = ()  # damaged shards moved aside and labeled again
 
     @property
     def labeled(self) -> int:
@@ -79,19 +92,39 @@ def preflight(config: RunConfig) -> None:
     """The checks that make a run fail before it starts: an image in the source, the output
     writable, the model loadable, the run folder free of another model's labels. Cheap: the
     listing stops at the first image, and the model stays cached for the run."""
+    check_source(config)
+    storage_for(config.out, config).ensure_writable(config.out)
+    check_labels(config)
+
+
+def check_source(config: RunConfig) -> None:
     listing = storage_for(config.source, config).list(config.source)
     if not any(is_image_name(item.key) for item in listing):
         raise RunError(f"{config.source}: no images found (looked for {_EXTENSIONS})")
-    storage_for(config.out, config).ensure_writable(config.out)
+
+
+def check_labels(config: RunConfig) -> None:
+    """The model loads, and the run folder holds no labels of another model or config."""
     meta = load_predictor(config).meta
     _check_ledger(Ledger.load(_layout(config)), config, meta.model_version)
 
 
-def plan_run(config: RunConfig) -> RunPlan:
+@contextmanager
+def run_lease(config: RunConfig) -> Iterator[Lease]:
+    """Hold the run folder's lease: one run writes a folder at a time (``pipeline.lease``)."""
+    layout = _layout(config)
+    layout.storage.ensure_writable(config.out)
+    with holding(layout.storage, layout.lease, timeout=config.lease_timeout) as lease:
+        yield lease
+
+
+def plan_run(config: RunConfig, lease: str) -> RunPlan:
     """List the source, leave out what the run folder already holds, cut the rest into shards
-    and load the model once, so a run that cannot work fails here."""
+    and load the model once, so a run that cannot work fails here. Damaged shard files are
+    moved aside first, so their images count as not labeled."""
     started = datetime.now(UTC)
-    storage_for(config.out, config).ensure_writable(config.out)
+    layout = _layout(config)
+    layout.storage.ensure_writable(config.out)
     listed = list(storage_for(config.source, config).list(config.source))
     # Sorted by key: shards, ids and outputs are the same whatever order the store lists in.
     items = sorted(
@@ -101,7 +134,13 @@ def plan_run(config: RunConfig) -> RunPlan:
     if not items:
         raise RunError(f"{config.source}: no images found (looked for {_EXTENSIONS})")
     meta = load_predictor(config).meta
-    ledger = Ledger.load(_layout(config))
+    verify_lease(layout.storage, layout.lease, lease)
+    ledger = Ledger.load(layout)
+    damage = [*ledger.damaged, *ledger.damaged_records(layout)]
+    for found in damage:
+        quarantine(layout, found)
+    if damage:
+        ledger = Ledger.load(layout)
     _check_ledger(ledger, config, meta.model_version)
     todo = items if config.force else ledger.todo(items)
     model = ModelInfo(
@@ -111,9 +150,19 @@ def plan_run(config: RunConfig) -> RunPlan:
         model_version=meta.model_version,
         class_names=meta.class_names,
     )
-    shards = tuple(plan_shards(todo, config.shard_size, ledger.next_generation))
+    shards = tuple(plan_shards(todo, config.shard_size, ledger.next_generation, lease))
     skipped = sum(1 for i in listed if not is_image_name(i.key))
-    return RunPlan(config, shards, len(items), len(items) - len(todo), skipped, model, started)
+    return RunPlan(
+        config,
+        lease,
+        shards,
+        len(items),
+        len(items) - len(todo),
+        skipped,
+        model,
+        started,
+        repaired=tuple(f"{d.uri}: {d.reason}" for d in damage),
+    )
 
 
 def finish_run(plan: RunPlan) -> RunSummary:
@@ -121,10 +170,16 @@ def finish_run(plan: RunPlan) -> RunSummary:
     write ``run.json`` last, so a run folder with a manifest is a finished run.
 
     Everything comes from the run folder, not from the shards' return values, so shards run
-    by remote workers finish the same way."""
+    by remote workers finish the same way. A records file found damaged here raises
+    ``DamagedShardError`` after it is moved aside: the caller plans again."""
     config = plan.config
     layout = _layout(config)
-    view = view_of(layout, plan.model, config.regions.background)
+    verify_lease(layout.storage, layout.lease, plan.lease)
+    try:
+        view = view_of(layout, plan.model, config.regions.background)
+    except DamagedShardError as exc:
+        quarantine(layout, exc.damage)
+        raise
     exports = export(view, config.exports, config.export_options)
     finished = datetime.now(UTC)
     failed = tuple(
@@ -161,16 +216,23 @@ def finish_run(plan: RunPlan) -> RunSummary:
         seconds=(finished - plan.started_at).total_seconds(),
         exports=exports,
         shards=shards,
+        repaired=plan.repaired,
     )
 
 
 def annotate(config: RunConfig) -> RunSummary:
     """The whole run in this process, without Prefect."""
-    plan = plan_run(config)
-    progress.started(plan.images - plan.done)
-    for shard in plan.shards:
-        process_shard(shard, config)
-    return finish_run(plan)
+    with run_lease(config) as lease:
+        for _ in range(REPAIR_PASSES):
+            plan = plan_run(config, lease.token)
+            progress.started(plan.images - plan.done)
+            for shard in plan.shards:
+                process_shard(shard, config)
+            try:
+                return finish_run(plan)
+            except DamagedShardError as exc:
+                damaged = exc
+        raise damaged
 
 
 def _layout(config: RunConfig) -> RunLayout:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from deeplab.metrics import confusion_matrix, iou_per_class
 from pipeline.exporters.class_maps import class_map_of
 from pipeline.exporters.view import RunView
-from pipeline.storage import StorageError
+from pipeline.storage import NotFoundError
 from pipeline.truth import IGNORE, Truth, TruthError, check_names
 
 EVALUATIONS = "evaluations"
@@ -263,17 +263,19 @@ def _unmatched_parts(parts: npt.NDArray[np.bool_], other: npt.NDArray[np.bool_])
 
 
 def stored_evaluations(view: RunView) -> list[Evaluation]:
-    """The evaluations in a run folder, oldest first; unreadable files are skipped."""
+    """The evaluations in a run folder, oldest first; files that are not evaluations are
+    skipped, but a listing or read that fails raises: a table silently missing a model would
+    mislead."""
     storage, folder = view.layout.storage, view.layout.storage.join(view.layout.root, EVALUATIONS)
     found = []
     try:
         listing = [info for info in storage.list(folder) if info.key.endswith(".json")]
-    except StorageError:
+    except NotFoundError:
         return []
     for info in listing:
         try:
             found.append(Evaluation.model_validate_json(storage.read(info.uri)))
-        except (StorageError, ValidationError):
+        except ValidationError:
             continue
     return sorted(found, key=lambda e: e.evaluated_at)
 

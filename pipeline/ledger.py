@@ -10,9 +10,11 @@ the two leaves an unreferenced records file that nothing reads.
 from __future__ import annotations
 
 import io
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,10 +22,13 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import PrelabelError
 from pipeline.run_folder import RunLayout
-from pipeline.storage import ObjectInfo, StorageError
+from pipeline.storage import NotFoundError, ObjectInfo
 from pipeline.tables import IMAGES_SCHEMA, REGIONS_SCHEMA
 
 _SHARD_FILE = re.compile(r"shard-(\d{4})-\d{5}\.parquet")
+_PARQUET_MAGIC = b"PAR1"  # a Parquet file's last four bytes, after its footer's length
+
+log = logging.getLogger(__name__)
 
 
 class LedgerConflictError(PrelabelError):
@@ -37,19 +42,61 @@ class _Entry:
     retryable: bool
 
 
+class DamagedShardError(PrelabelError):
+    """A shard file that exists but cannot be parsed (truncated, not Parquet, another schema):
+    its images must be labeled again, after the file is moved aside (``quarantine``)."""
+
+    def __init__(self, damage: Damage) -> None:
+        super().__init__(
+            f"{damage.uri}: unreadable ({damage.reason}); `prelabel annotate` on this run "
+            "folder moves the shard aside and labels its images again"
+        )
+        self.damage = damage
+
+
+@dataclass(frozen=True, slots=True)
+class Damage:
+    shard: str
+    uri: str
+    reason: str
+
+
 @dataclass(frozen=True, slots=True)
 class Ledger:
     """The latest row per image key, and the shard files that hold them."""
 
     images: pa.Table  # latest row per key, sorted by key
-    shards: tuple[str, ...]  # every shard with an images file, in generation order
+    shards: tuple[str, ...]  # every shard with a readable images file, in generation order
+    damaged: tuple[Damage, ...] = ()  # shards whose images file cannot be parsed, left out
 
     @classmethod
     def load(cls, layout: RunLayout) -> Ledger:
-        shards = _shard_ids(layout)
-        tables = [_read(layout, layout.images(s), IMAGES_SCHEMA) for s in shards]
+        """Every shard's images file. A listing or read that fails raises: taking a run folder
+        that could not be read for an empty one would label everything again over it."""
+        tables, shards, damaged = [], [], []
+        for shard in _shard_ids(layout):
+            try:
+                tables.append(_read(layout, layout.images(shard), IMAGES_SCHEMA))
+                shards.append(shard)
+            except DamagedShardError as exc:
+                damaged.append(exc.damage)
         every = pa.concat_tables(tables) if tables else IMAGES_SCHEMA.empty_table()
-        return cls(images=_latest_per_key(every), shards=shards)
+        return cls(images=_latest_per_key(every), shards=tuple(shards), damaged=tuple(damaged))
+
+    def damaged_records(self, layout: RunLayout) -> list[Damage]:
+        """Shards whose records file is missing or does not end as a Parquet file does (a
+        truncated copy): found from each file's last bytes, without reading the rest."""
+        found = []
+        for shard in self.shards:
+            uri = layout.records(shard)
+            try:
+                tail = layout.storage.read_tail(uri, 8)
+            except NotFoundError:
+                found.append(Damage(shard, uri, "missing"))
+                continue
+            if len(tail) < 8 or tail[4:] != _PARQUET_MAGIC:
+                found.append(Damage(shard, uri, "truncated: no Parquet footer"))
+        return found
 
     @property
     def next_generation(self) -> int:
@@ -116,11 +163,30 @@ class Ledger:
         )
 
 
+def quarantine(layout: RunLayout, damage: Damage) -> str:
+    """Move the damaged shard's files aside, kept for inspection, with a note of why; its
+    images are then missing from the ledger and get labeled again. Returns the folder."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    folder = layout.storage.join(layout.root, "quarantine", f"{damage.shard}-{stamp}")
+    for kind, uri in (
+        ("records", layout.records(damage.shard)),
+        ("images", layout.images(damage.shard)),
+    ):
+        try:
+            layout.storage.move(uri, layout.storage.join(folder, f"{kind}.parquet"))
+        except NotFoundError:
+            continue
+    note = f"{damage.uri}: {damage.reason}\n".encode()
+    layout.storage.write_atomic(layout.storage.join(folder, "reason.txt"), note)
+    log.warning("%s: unreadable (%s); moved its shard to %s", damage.uri, damage.reason, folder)
+    return folder
+
+
 def _shard_ids(layout: RunLayout) -> tuple[str, ...]:
     folder = layout.storage.join(layout.root, "images")
     try:
         names = [item.key for item in layout.storage.list(folder)]
-    except StorageError:
+    except NotFoundError:
         return ()  # no images folder yet: a new run
     return tuple(
         sorted(name.removesuffix(".parquet") for name in names if _SHARD_FILE.fullmatch(name))
@@ -128,7 +194,15 @@ def _shard_ids(layout: RunLayout) -> tuple[str, ...]:
 
 
 def _read(layout: RunLayout, uri: str, schema: pa.Schema) -> pa.Table:
-    return pq.read_table(io.BytesIO(layout.storage.read(uri)), schema=schema)
+    """A shard file; storage errors pass through (the run stops), a file that is there but
+    does not parse is ``DamagedShardError``."""
+    data = layout.storage.read(uri)
+    try:
+        return pq.read_table(io.BytesIO(data), schema=schema)
+    except (pa.ArrowException, OSError, ValueError) as exc:  # OSError: a page header or codec
+        shard = _SHARD_FILE.search(uri)
+        name = shard[0].removesuffix(".parquet") if shard else uri
+        raise DamagedShardError(Damage(name, uri, str(exc).splitlines()[0])) from exc
 
 
 def _latest_per_key(images: pa.Table) -> pa.Table:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -89,7 +90,20 @@ def tracer(workers: int, *, yielding: bool = False) -> Executor:
 
 
 def _worker_setup(yielding: bool) -> None:
-    """Each worker is one core's worth: OpenCV's own threads would only oversubscribe."""
+    """Each worker is one core's worth: OpenCV's own threads would only oversubscribe. Ctrl-C
+    reaches every process of the terminal's group: the workers leave it to the process that
+    owns them, which stops them, instead of each printing a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
     cv2.setNumThreads(1)
     if yielding:
         os.nice(19)
+
+
+def _exit_with(parent: int) -> None:
+    """End this worker once its parent is gone: a parent that ended without unwinding
+    (``os._exit`` after Ctrl-C, ``kill -9``) cannot stop it, and an orphan would hold the
+    terminal's output open and a core's memory forever."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(0)

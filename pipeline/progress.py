@@ -14,6 +14,7 @@ from typing import Protocol
 class ProgressListener(Protocol):
     def started(self, total_images: int) -> None: ...
     def advanced(self, images: int, failed: int) -> None: ...
+    def shard_saved(self, images: int) -> None: ...  # written to the run folder: kept
 
 
 _lock = threading.Lock()
@@ -39,3 +40,8 @@ def started(total_images: int) -> None:
 def advanced(images: int, failed: int = 0) -> None:
     for listener in list(_listeners):
         listener.advanced(images, failed)
+
+
+def shard_saved(images: int) -> None:
+    for listener in list(_listeners):
+        listener.shard_saved(images)

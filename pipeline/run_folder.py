@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 from pipeline.storage import Storage
 
 MANIFEST = "run.json"
+LEASE = "lease.json"  # who is writing the folder now (pipeline.lease)
 
 
 def code_version() -> str:
@@ -29,6 +30,10 @@ class RunLayout:
     @property
     def manifest(self) -> str:
         return self.storage.join(self.root, MANIFEST)
+
+    @property
+    def lease(self) -> str:
+        return self.storage.join(self.root, LEASE)
 
     def records(self, shard_id: str) -> str:
         return self.storage.join(self.root, "records", f"{shard_id}.parquet")

@@ -22,11 +22,12 @@ import deeplab
 from pipeline import progress
 from pipeline.config import RunConfig
 from pipeline.decode import DecodedImage, DecodeError, decode_image
+from pipeline.lease import verify as verify_lease
 from pipeline.models import batch_size_for, load_predictor
 from pipeline.postprocess import Traced, default_workers, trace, tracer
 from pipeline.records import ImageRecord, Region
 from pipeline.run_folder import RunLayout
-from pipeline.storage import ObjectInfo, StorageError, storage_for
+from pipeline.storage import ObjectInfo, StorageError, printable, storage_for
 from pipeline.tables import images_table, regions_table, stable_id, write_table
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ R = TypeVar("R")
 class Shard:
     shard_id: str
     items: tuple[ObjectInfo, ...]
+    lease: str  # the run folder's lease it is written under (see pipeline.lease)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +66,15 @@ def shard_stats(shard_id: str, rows: Iterable[Mapping[str, Any]]) -> ShardStats:
     return ShardStats(shard_id, images, failed, regions, milliseconds / 1000)
 
 
-def plan_shards(items: Sequence[ObjectInfo], shard_size: int, generation: int) -> list[Shard]:
+def plan_shards(
+    items: Sequence[ObjectInfo], shard_size: int, generation: int, lease: str
+) -> list[Shard]:
     """Shards of one pass over a run folder; the generation keeps their names new (see ledger)."""
     return [
         Shard(
             shard_id=f"shard-{generation:04d}-{i // shard_size:05d}",
             items=tuple(items[i : i + shard_size]),
+            lease=lease,
         )
         for i in range(0, len(items), shard_size)
     ]
@@ -131,10 +136,18 @@ def process_shard(shard: Shard, config: RunConfig) -> ShardStats:
             return _Loaded(item, None, str(exc), read_ms, _ms(t1), content_hash=digest)
         return _Loaded(item, image, None, read_ms, _ms(t1))
 
+    def late(item: ObjectInfo) -> _Loaded:
+        reason = f"{item.uri}: cannot read (no answer in {config.read_timeout:g} s)"
+        return _Loaded(item, None, reason, config.read_timeout * 1000, 0.0, retryable=True)
+
     buckets: dict[tuple[int, ...], list[_Loaded]] = defaultdict(list)
     labeler = _Labeler(predictor, config, shard.shard_id, pool, ahead=2 * batch_size)
-    with ThreadPoolExecutor(config.workers, thread_name_prefix="decode") as reader:
-        for loaded in _bounded_map(reader, load, shard.items, ahead=2 * config.workers):
+    reader = ThreadPoolExecutor(config.workers, thread_name_prefix="decode")
+    try:
+        loads = _bounded_map(
+            reader, load, shard.items, ahead=2 * config.workers, timeout=config.read_timeout
+        )
+        for loaded in (late(item) if result is None else result for item, result in loads):
             if loaded.image is None:
                 labeler.failed(loaded)
             elif tiling and max(loaded.image.pixels.shape[:2]) > config.tile_size:
@@ -148,6 +161,9 @@ def process_shard(shard: Shard, config: RunConfig) -> ShardStats:
         for bucket in buckets.values():
             if bucket:
                 labeler.batch(bucket)
+    finally:
+        # A read stuck in the kernel cannot be called off: never wait on one to end.
+        reader.shutdown(wait=False, cancel_futures=True)
     out = labeler.finish()
 
     # Batches follow image sizes, not names: order rows by key so outputs don't depend on it.
@@ -158,6 +174,7 @@ def process_shard(shard: Shard, config: RunConfig) -> ShardStats:
         r.image_id: f"{r.content_hash}:{r.model_version}:{r.config_hash}" for r in out.images
     }
     layout = RunLayout(storage_for(config.out, config), config.out)
+    verify_lease(layout.storage, layout.lease, shard.lease)
     # Records first: the images file is what the ledger reads, so it must come last.
     write_table(
         layout.storage,
@@ -165,6 +182,7 @@ def process_shard(shard: Shard, config: RunConfig) -> ShardStats:
         regions_table(regions, predictor.meta.class_names, lineage),
     )
     write_table(layout.storage, layout.images(shard.shard_id), images_table(out.images))
+    progress.shard_saved(len(out.images))
     return shard_stats(shard.shard_id, (dataclasses.asdict(r) for r in out.images))
 
 
@@ -290,14 +308,14 @@ def _labeled(
 def _failed(
     loaded: _Loaded, shard_id: str, meta: deeplab.ModelMeta, config: RunConfig
 ) -> ImageRecord:
-    log.warning("%s", loaded.error)
+    log.warning("%s", printable(loaded.error or ""))
     return _row(
         loaded,
         shard_id,
         meta,
         config,
         status="failed",
-        error=loaded.error,
+        error=printable(loaded.error or ""),
         retryable=loaded.retryable,
         content_hash=loaded.content_hash,
     )
@@ -310,7 +328,7 @@ def _row(
     common: dict[str, Any] = {
         "image_id": image_id_for(loaded.item.key),
         "key": loaded.item.key,
-        "uri": loaded.item.uri,
+        "uri": printable(loaded.item.uri),  # a table holds UTF-8; the name's bytes are in the key
         "shard": shard_id,
         "error": None,
         "retryable": False,
@@ -359,17 +377,40 @@ def _predict_halving(
 
 
 def _bounded_map(
-    pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], ahead: int
-) -> Iterator[R]:
+    pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], ahead: int, timeout: float
+) -> Iterator[tuple[T, R | None]]:
     """``pool.map`` in order, but with at most ``ahead`` items in flight, so memory stays
-    bounded however long the input is."""
-    pending: deque[Future[R]] = deque()
+    bounded however long the input is. An item whose call runs over ``timeout`` seconds
+    comes back with None, and the rest go on without it."""
+    pending: deque[tuple[T, Future[R], list[float]]] = deque()
+
+    def call(item: T, began: list[float]) -> R:
+        began.append(time.monotonic())
+        return fn(item)
+
     for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= ahead:
-            yield pending.popleft().result()
+        began: list[float] = []
+        pending.append((item, pool.submit(call, item, began), began))
+        while len(pending) >= ahead:
+            head, future, started = pending.popleft()
+            yield head, _within(future, started, timeout)
     while pending:
-        yield pending.popleft().result()
+        head, future, started = pending.popleft()
+        yield head, _within(future, started, timeout)
+
+
+def _within(future: Future[R], began: list[float], timeout: float) -> R | None:
+    """The call's result, or None once it has run ``timeout`` seconds (time spent waiting
+    for a free thread does not count)."""
+    while True:
+        left = began[0] + timeout - time.monotonic() if began else timeout
+        try:
+            return future.result(timeout=max(left, 0.0))
+        except TimeoutError:
+            if future.done():
+                raise  # the call itself raised it
+            if began and time.monotonic() - began[0] >= timeout:
+                return None
 
 
 def _ms(since: float) -> float:

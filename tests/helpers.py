@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
+from PIL import Image
 from pycocotools import mask as mask_utils
 from torch import nn
+
+from deeplab.scenes import scenes
+from pipeline.ledger import Ledger
+from pipeline.run_folder import RunLayout
+from pipeline.storage import LocalStorage
+
+TIMING = ["read_ms", "decode_ms", "predict_ms", "regions_ms"]
 
 
 def randomize_batchnorm_(model: nn.Module, seed: int = 1) -> nn.Module:
@@ -48,3 +58,35 @@ def rasterize(polygons: Sequence[Sequence[Sequence[float]]], height: int, width:
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     union = (a | b).sum()
     return float((a & b).sum() / union) if union else 1.0
+
+
+def make_images(
+    folder: Path, count: int, *, seed: int = 40, size: tuple[int, int] = (96, 128)
+) -> None:
+    """``count`` scenes the demo model knows, as PNG files ``img-NN.png``; size is (h, w)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, scene in enumerate(scenes(seed, count, height=size[0], width=size[1])):
+        Image.fromarray(scene.image).save(folder / f"img-{i:02d}.png")
+
+
+def merged(out: Path) -> tuple[pa.Table, pa.Table]:
+    """A local run folder's latest images rows and their regions, as exporters read them."""
+    layout = RunLayout(LocalStorage(), str(out))
+    ledger = Ledger.load(layout)
+    return ledger.images, ledger.regions(layout)
+
+
+def comparable(images: pa.Table) -> list[dict[str, object]]:
+    """What a rerun must reproduce: everything but timings and which shard file holds a row."""
+    rows: list[dict[str, object]] = images.drop_columns([*TIMING, "shard", "etag"]).to_pylist()
+    return rows
+
+
+def assert_same_labels(out: Path, reference: Path) -> None:
+    """Two local run folders hold the same labels: rows, regions and COCO file."""
+    images, regions = merged(out)
+    ref_images, ref_regions = merged(reference)
+    assert comparable(images) == comparable(ref_images)
+    assert regions.equals(ref_regions)
+    coco = (out / "exports" / "coco.json").read_bytes()
+    assert coco == (reference / "exports" / "coco.json").read_bytes()

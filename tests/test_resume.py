@@ -12,7 +12,6 @@ import threading
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -25,33 +24,12 @@ from pipeline.ledger import Ledger, LedgerConflictError
 from pipeline.regions import RegionPolicy
 from pipeline.run_folder import RunLayout
 from pipeline.storage import LocalStorage, StorageError
-
-TIMING = ["read_ms", "decode_ms", "predict_ms", "regions_ms"]
-
-
-def make_images(
-    folder: Path, count: int, *, seed: int = 40, size: tuple[int, int] = (96, 128)
-) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, scene in enumerate(scenes(seed, count, height=size[0], width=size[1])):
-        Image.fromarray(scene.image).save(folder / f"img-{i:02d}.png")
+from tests.helpers import assert_same_labels, comparable, make_images, merged
 
 
 def run(source: Path, out: Path, **fields: object) -> RunSummary:
     settings: dict[str, object] = {"device": "cpu", "shard_size": 3, "batch_size": 2, **fields}
     return annotate(RunConfig(source=str(source), out=str(out), **settings))
-
-
-def merged(out: Path) -> tuple[pa.Table, pa.Table]:
-    layout = RunLayout(LocalStorage(), str(out))
-    ledger = Ledger.load(layout)
-    return ledger.images, ledger.regions(layout)
-
-
-def comparable(images: pa.Table) -> list[dict[str, object]]:
-    """What a rerun must reproduce: everything but timings and which shard file holds a row."""
-    rows: list[dict[str, object]] = images.drop_columns([*TIMING, "shard", "etag"]).to_pylist()
-    return rows
 
 
 def shard_files(out: Path) -> list[str]:
@@ -234,13 +212,7 @@ def test_killed_run_resumes_to_the_records_of_an_uninterrupted_run(tmp_path: Pat
     watcher.stop()
     assert resumed.done_before == 2 * interrupted
     assert resumed.labeled_now == 24 - 2 * interrupted
-    images, regions = merged(out)
-    ref_images, ref_regions = merged(reference)
-    assert comparable(images) == comparable(ref_images)
-    assert regions.equals(ref_regions)
-    assert (out / "exports" / "coco.json").read_bytes() == (
-        reference / "exports" / "coco.json"
-    ).read_bytes()
+    assert_same_labels(out, reference)
     assert watcher.checked > 0 and watcher.partial == []
 
 

@@ -11,9 +11,9 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.errors import PrelabelError
-from pipeline.ledger import Ledger
+from pipeline.ledger import DamagedShardError, Ledger
 from pipeline.run_folder import ModelInfo, RunLayout, RunManifest
-from pipeline.storage import StorageError, storage_for
+from pipeline.storage import NotFoundError, storage_for
 
 
 class ExportError(PrelabelError):
@@ -47,7 +47,11 @@ class RunView:
 
 
 def view_of(layout: RunLayout, model: ModelInfo, background: int | None) -> RunView:
+    """Raises ``DamagedShardError`` for the first shard file that cannot be parsed: an export
+    that left its images out would look complete and not be."""
     ledger = Ledger.load(layout)
+    if ledger.damaged:
+        raise DamagedShardError(ledger.damaged[0])
     view = RunView(layout, model, background, ledger.images, ledger.regions(layout))
     check_label_map(view)
     return view
@@ -58,8 +62,8 @@ def open_run(out: str) -> RunView:
     layout = RunLayout(storage_for(out), out)
     try:
         manifest = RunManifest.model_validate_json(layout.storage.read(layout.manifest))
-    except StorageError as exc:
-        raise ExportError(f"{out}: not a finished run folder (no readable run.json)") from exc
+    except NotFoundError as exc:  # any other failure to read says why in its own words
+        raise ExportError(f"{out}: not a finished run folder (no run.json)") from exc
     except ValidationError as exc:
         raise ExportError(f"{layout.manifest}: not a prelabel run manifest") from exc
     regions = manifest.config.get("regions")
