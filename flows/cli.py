@@ -6,6 +6,8 @@ A user's mistake gets one line naming what is wrong, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 import time
@@ -13,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -24,10 +27,20 @@ from rich.progress import (
 from rich.table import Table
 
 from deeplab import CheckpointError
-from flows.cli_common import EXIT_SOME_FAILED, cannot_start, console, describe
+from flows.cli_common import EXIT_SOME_FAILED, cannot_start, console, describe, flags_given
+from flows.interrupt import Interrupted, interruptible
+from flows.local_server import ServerError, drain_to_server, temporary_server
+from flows.logs import log_file, send_logs_to
 from pipeline import exporters, progress
-from pipeline.annotate import RunError, RunSummary, preflight
-from pipeline.config import RunConfig
+from pipeline.annotate import (
+    RunSummary,
+    check_labels,
+    check_source,
+    preflight,
+    run_lease,
+)
+from pipeline.config import ENV_PREFIX, RunConfig, undecodable_variable
+from pipeline.errors import PrelabelError
 from pipeline.exporters import (
     EXPORTERS,
     ExportError,
@@ -35,7 +48,7 @@ from pipeline.exporters import (
     check_formats,
     open_run,
 )
-from pipeline.storage import StorageError, storage_for
+from pipeline.storage import storage_for
 
 _FORMATS = ", ".join(EXPORTERS)
 
@@ -100,6 +113,9 @@ def annotate(
     tile_size: Annotated[
         int | None, typer.Option(help="Tile side for --large-images tile.")
     ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show Prefect's and every library's logs.")
+    ] = False,
 ) -> None:
     """Label every image under SOURCE not yet labeled in --out; write records and exports.
 
@@ -124,7 +140,7 @@ def annotate(
     if any(v is not None for v in policy.values()):
         flags["regions"] = {k: v for k, v in policy.items() if v is not None}
     config = _checked_config(source, out, flags)
-    summary = _run(config, _executor(executor))
+    summary = _run(config, _executor(executor), verbose=verbose)
     _print_summary(summary)
     if summary.failed:
         raise typer.Exit(EXIT_SOME_FAILED)
@@ -155,7 +171,7 @@ def export_command(
         written = exporters.export(open_run(run), formats, options)
     except ValidationError as exc:
         cannot_start("; ".join(describe(e) for e in exc.errors()))
-    except (ExportError, StorageError) as exc:
+    except PrelabelError as exc:
         cannot_start(str(exc))
     for uri in written:
         console.print(f"wrote {uri}", highlight=False, markup=False, soft_wrap=True)
@@ -182,6 +198,7 @@ def deploy_command(
     deployment. Each scheduled run labels only the images added or changed since the last.
     """
     config = _checked_config(source, out, {"model": model, "device": device})
+    _preflight(config)
     _prefect_defaults()
     from flows.deploy import deploy
 
@@ -208,6 +225,7 @@ def serve_command(
     """Serve a scheduled annotate job (and the shard deployment) from this host, without a
     work pool, until stopped with Ctrl-C."""
     config = _checked_config(source, out, {"model": model, "device": device})
+    _preflight(config)
     _prefect_defaults()
     from flows.deploy import serve_here
 
@@ -215,19 +233,31 @@ def serve_command(
 
 
 def _checked_config(source: str, out: str, flags: dict[str, Any]) -> RunConfig:
-    """The run's config, checked as far as possible before anything starts; exit 2 if not."""
+    """The run's config, checked as far as possible before anything starts; exit 2 if not.
+
+    ``flags``: field -> value of the flags given (None: not given), so that a mistake is
+    named by the flag or ``PRELABEL_*`` variable the user typed.
+    """
+    given = {k: v for k, v in flags.items() if v is not None}
     try:
-        config = RunConfig(
-            source=source, out=out, **{k: v for k, v in flags.items() if v is not None}
-        )
+        config = RunConfig(source=source, out=out, **given)
     except ValidationError as exc:
-        cannot_start("; ".join(describe(e) for e in exc.errors()))
+        named = flags_given(given)
+        cannot_start("; ".join(describe(e, named, ENV_PREFIX) for e in exc.errors()))
+    except SettingsError as exc:  # a variable that is not the JSON its field needs
+        cannot_start(undecodable_variable(exc))
     try:
-        preflight(config)
         check_formats(config.exports)
-    except (RunError, ExportError, StorageError, CheckpointError, ValueError) as exc:
+    except ExportError as exc:
         cannot_start(str(exc))
     return config
+
+
+def _preflight(config: RunConfig) -> None:
+    try:
+        preflight(config)
+    except (PrelabelError, CheckpointError, ValueError) as exc:
+        cannot_start(str(exc))
 
 
 def _executor(name: str) -> Literal["local", "deployment"]:
@@ -238,25 +268,60 @@ def _executor(name: str) -> Literal["local", "deployment"]:
 
 def _prefect_defaults() -> None:
     """Prefect reads its settings when first imported. These defaults suit a local run and can
-    be overridden from the environment: no usage data sent from the user's machine, time for a
-    slow first server start, and on a terminal only warnings, so the progress bar stays
-    readable (logs and pipes get Prefect's INFO lines)."""
+    be overridden from the environment: no usage data sent from the user's machine, and time
+    for a slow first server start."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    if console.is_terminal:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
-def _run(config: RunConfig, executor: Literal["local", "deployment"]) -> RunSummary:
-    _prefect_defaults()
-    from flows.annotate import annotate_flow
-
+def _run(
+    config: RunConfig, executor: Literal["local", "deployment"], *, verbose: bool
+) -> RunSummary:
+    """The annotate flow under the run folder's lease, taken before anything slow starts, so
+    a second run on the same --out is refused at once, whatever its settings. Any refusal or
+    failure ends in one line (exit 2), Ctrl-C or SIGTERM in one line (exit 130 or 143), and
+    the full story is in the log file."""
     listener: _BarListener | _LogListener = (
         _BarListener() if console.is_terminal else _LogListener()
     )
-    with listener, progress.listening(listener):
-        return annotate_flow(config, executor=executor)
+    log = log_file("annotate")
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(interruptible())
+            check_source(config)
+            stack.enter_context(run_lease(config))
+            check_labels(config)
+            _prefect_defaults()
+            startup = float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
+            stack.enter_context(temporary_server(log, startup_seconds=startup))
+            from flows.annotate import annotate_flow
+
+            stack.callback(drain_to_server)
+
+            send_logs_to(log, console, verbose=verbose)
+            stack.enter_context(listener)
+            stack.enter_context(progress.listening(listener))
+            return annotate_flow(config, executor=executor)
+    except Interrupted as stop:
+        console.print(
+            f"interrupted: {listener.saved} images labeled and saved, rerun to resume",
+            highlight=False,
+            markup=False,
+        )
+        # A read stuck in the kernel can still hold the exit: the handler's timer ends it.
+        raise typer.Exit(stop.exit_code) from None
+    except (PrelabelError, CheckpointError, ServerError) as exc:
+        logged = log.exists() and log.stat().st_size > 0  # refused before anything ran: none
+        cannot_start(f"{exc} (log: {log})" if logged else str(exc))
+    except Exception as exc:
+        logging.getLogger(__name__).exception("annotate failed")
+        console.print(
+            f"[bold red]prelabel: failed:[/] {type(exc).__name__}: {exc} (traceback: {log})",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
 
 
 class _BarListener:
@@ -275,7 +340,7 @@ class _BarListener:
         )
         self.task = self.bar.add_task("labeling", total=None, rate="-", failed=0, start=False)
         self.start = time.perf_counter()
-        self.failed = 0
+        self.failed = self.saved = 0
 
     def __enter__(self) -> _BarListener:
         self.bar.start()
@@ -286,8 +351,11 @@ class _BarListener:
 
     def started(self, total_images: int) -> None:
         self.start = time.perf_counter()
-        self.bar.update(self.task, total=total_images)
+        self.bar.reset(self.task, total=total_images, start=False)
         self.bar.start_task(self.task)
+
+    def shard_saved(self, images: int) -> None:
+        self.saved += images
 
     def advanced(self, images: int, failed: int) -> None:
         self.failed += failed
@@ -301,7 +369,7 @@ class _LogListener:
 
     def __init__(self, every_seconds: float = 5.0) -> None:
         self.every = every_seconds
-        self.total = self.done = self.failed = 0
+        self.total = self.done = self.failed = self.saved = 0
         self.start = self.last = time.perf_counter()
 
     def __enter__(self) -> _LogListener:
@@ -311,9 +379,12 @@ class _LogListener:
         return None
 
     def started(self, total_images: int) -> None:
-        self.total = total_images
+        self.total, self.done = total_images, 0
         self.start = self.last = time.perf_counter()
         print(f"labeling {total_images} images", file=sys.stderr, flush=True)
+
+    def shard_saved(self, images: int) -> None:
+        self.saved += images
 
     def advanced(self, images: int, failed: int) -> None:
         self.done += images
@@ -370,3 +441,7 @@ app.command("evaluate")(evaluate_command)
 from flows.cli_train import train_command  # noqa: E402  (commands in their own modules)
 
 app.command("train")(train_command)
+
+from flows.cli_verify import verify_command  # noqa: E402  (commands in their own modules)
+
+app.command("verify")(verify_command)

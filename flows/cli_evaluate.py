@@ -9,9 +9,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from flows.cli_common import cannot_start, console
+from pipeline.errors import PrelabelError
 from pipeline.evaluate import EVALUATIONS, Evaluation, EvaluationError, evaluate_runs
-from pipeline.exporters import ExportError, open_run
-from pipeline.storage import StorageError
+from pipeline.exporters import open_run
 from pipeline.truth import TruthError, open_truth
 
 _LISTED = 20  # failures printed; the evaluation's JSON and markdown list them all
@@ -45,7 +45,7 @@ def evaluate_command(
     try:
         views = [open_run(folder) for folder in (run, *(compare or ()))]
         evaluations = evaluate_runs(views, open_truth(truth), tolerance=boundary_tolerance)
-    except (EvaluationError, TruthError, ExportError, StorageError, ValueError) as exc:
+    except (EvaluationError, TruthError, PrelabelError, ValueError) as exc:
         cannot_start(str(exc))
     _print(evaluations)
     for view in views:

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from flows.cli_common import cannot_start, console
-from pipeline.exporters import ExportError, open_run
+from pipeline.errors import PrelabelError
+from pipeline.exporters import open_run
 from pipeline.report import DEFAULT_LIMIT, write_report
 
 
@@ -40,7 +41,7 @@ def report_command(
         report = write_report(
             open_run(run), page=out_file, source_images=source_images, limit=limit
         )
-    except (ExportError, OSError, ValueError) as exc:  # OSError includes StorageError
+    except (PrelabelError, OSError, ValueError) as exc:
         cannot_start(str(exc))
     console.print(f"wrote {report.page}", highlight=False, markup=False, soft_wrap=True)
     console.print(

@@ -12,10 +12,10 @@ import typer
 from pydantic import ValidationError
 
 from flows.cli_common import cannot_start, console, describe
-from pipeline.exporters import ExportError, ExportOptions, open_run
+from pipeline.errors import PrelabelError
+from pipeline.exporters import ExportOptions, open_run
 from pipeline.label_studio_api import TOKEN_VARIABLES, LabelStudio, LabelStudioError, token_from_env
 from pipeline.review_sync import ReviewSyncError, pull, push
-from pipeline.storage import StorageError
 
 _URL_HELP = f"Label Studio's address, e.g. http://localhost:8080 (token: ${TOKEN_VARIABLES[0]})."
 
@@ -44,7 +44,7 @@ def push_command(
         view = open_run(run)
         with LabelStudio(label_studio, token_from_env()) as client:
             summary = push(client, view, project, options)
-    except (LabelStudioError, ReviewSyncError, ExportError, StorageError) as exc:
+    except (LabelStudioError, ReviewSyncError, PrelabelError) as exc:
         cannot_start(str(exc))
     console.print(
         f"pushed {run} to project {project!r} (id {summary.project_id}): "
@@ -66,7 +66,7 @@ def pull_command(
     try:
         with LabelStudio(label_studio, token_from_env()) as client:
             summary = pull(client, project, out)
-    except (LabelStudioError, ReviewSyncError, ExportError, StorageError) as exc:
+    except (LabelStudioError, ReviewSyncError, PrelabelError) as exc:
         cannot_start(str(exc))
     console.print(
         f"pulled {summary.masks} masks from project {project!r} (id {summary.project_id}) "

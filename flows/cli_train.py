@@ -14,8 +14,8 @@ from rich.table import Table
 from deeplab import CheckpointError
 from deeplab.train import StepLog
 from flows.cli_common import cannot_start, console, describe
+from pipeline.errors import PrelabelError
 from pipeline.finetune import FinetuneConfig, FinetuneError, FinetuneResult, finetune
-from pipeline.storage import StorageError
 from pipeline.truth import TruthError
 
 
@@ -71,7 +71,7 @@ def train_command(
     try:
         with listener:
             result = finetune(config, listener)
-    except (FinetuneError, TruthError, CheckpointError, StorageError, ValueError) as exc:
+    except (FinetuneError, TruthError, CheckpointError, PrelabelError, ValueError) as exc:
         cannot_start(str(exc))
     _print(result)
 

@@ -56,15 +56,15 @@ def test_a_bad_file_is_reported_and_the_rest_labeled_exit_3(tmp_path: Path) -> N
         (["annotate", "{tmp}/empty", "--out", "{tmp}/run"], "empty: no images found"),
         (
             ["annotate", "{tmp}/empty", "--out", "{tmp}/run", "--batch-size", "0"],
-            "batch_size: Input should be greater than or equal to 1",
+            "--batch-size 0: Input should be greater than or equal to 1",
         ),
         (
             ["annotate", "{tmp}/one", "--out", "{tmp}/run", "--instances", "polygons"],
-            "regions.instances: Input should be 'components' or 'semantic'",
+            "--instances 'polygons': Input should be 'components' or 'semantic'",
         ),
         (
             ["annotate", "{tmp}/one", "--out", "{tmp}/run", "--output-stride", "12"],
-            "output_stride: Input should be 8, 16 or 32",
+            "--output-stride 12: Input should be 8, 16 or 32",
         ),
         (
             ["annotate", "{tmp}/one", "--out", "{tmp}/run", "--model", "{tmp}/one/a.png"],
