@@ -41,8 +41,8 @@ from pipeline.annotate import (
 )
 from pipeline.config import RunConfig
 from pipeline.ledger import DamagedShardError
+from pipeline.retry import DELAYS, is_transient, retrying
 from pipeline.shards import Shard, ShardStats, process_shard
-from pipeline.storage import StorageError
 
 SHARD_DEPLOYMENT = "annotate-shard/shard"
 Executor = Literal["local", "deployment"]
@@ -54,19 +54,17 @@ def _transient(task: object, task_run: object, state: State) -> bool:
     the same way again."""
     try:
         state.result()
-    except StorageError as exc:
-        return exc.transient
-    except (ConnectionError, TimeoutError, MemoryError, BrokenExecutor):
+    except (MemoryError, BrokenExecutor):
         return True
-    except Exception:
-        return False
+    except Exception as exc:
+        return is_transient(exc)
     return False
 
 
 # Every step touches the run folder, so every step retries what may pass, the same way.
 # Inputs hold a whole shard listing and results are cheap to recompute from the run folder,
 # so Prefect's input-hash caching would only cost time.
-_RETRIES, _DELAYS = 2, [5.0, 30.0]  # seconds before the first and second retry
+_RETRIES, _DELAYS = len(DELAYS), list(DELAYS)
 plan_task = task(
     name="plan",
     cache_policy=NO_CACHE,
@@ -105,7 +103,8 @@ def annotate_flow(
 ) -> RunSummary:
     """Under the run folder's lease (shared with a CLI that took it already): plan, shards,
     finish; planned again if the finish step found a shard damaged and moved it aside."""
-    with run_lease(config) as lease:
+    with contextlib.ExitStack() as stack:
+        lease = retrying(lambda: stack.enter_context(run_lease(config)))
         for attempt in range(1, REPAIR_PASSES + 1):
             plan = plan_task(config, lease.token)
             progress.started(plan.images - plan.done)

@@ -7,10 +7,10 @@ A user's mistake gets one line naming what is wrong, never a traceback.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 import time
+import traceback
 from typing import Annotated, Any, Literal
 
 import typer
@@ -27,7 +27,14 @@ from rich.progress import (
 from rich.table import Table
 
 from deeplab import CheckpointError
-from flows.cli_common import EXIT_SOME_FAILED, cannot_start, console, describe, flags_given
+from flows.cli_common import (
+    EXIT_SOME_FAILED,
+    cannot_start,
+    console,
+    describe,
+    flags_given,
+    stopped,
+)
 from flows.interrupt import Interrupted, interruptible
 from flows.local_server import ServerError, drain_to_server, temporary_server
 from flows.logs import log_file, send_logs_to
@@ -48,6 +55,7 @@ from pipeline.exporters import (
     check_formats,
     open_run,
 )
+from pipeline.retry import retrying
 from pipeline.storage import storage_for
 
 _FORMATS = ", ".join(EXPORTERS)
@@ -286,12 +294,13 @@ def _run(
         _BarListener() if console.is_terminal else _LogListener()
     )
     log = log_file("annotate")
+    started = False  # the flow is running: a failure is a stop, not a refusal to start
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(interruptible())
-            check_source(config)
-            stack.enter_context(run_lease(config))
-            check_labels(config)
+            retrying(lambda: check_source(config))
+            retrying(lambda: stack.enter_context(run_lease(config)))
+            retrying(lambda: check_labels(config))
             _prefect_defaults()
             startup = float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
             stack.enter_context(temporary_server(log, startup_seconds=startup))
@@ -302,6 +311,7 @@ def _run(
             send_logs_to(log, console, verbose=verbose)
             stack.enter_context(listener)
             stack.enter_context(progress.listening(listener))
+            started = True
             return annotate_flow(config, executor=executor)
     except Interrupted as stop:
         console.print(
@@ -313,9 +323,13 @@ def _run(
         raise typer.Exit(stop.exit_code) from None
     except (PrelabelError, CheckpointError, ServerError) as exc:
         logged = log.exists() and log.stat().st_size > 0  # refused before anything ran: none
-        cannot_start(f"{exc} (log: {log})" if logged else str(exc))
-    except Exception as exc:
-        logging.getLogger(__name__).exception("annotate failed")
+        reason = f"{exc} (log: {log})" if logged else str(exc)
+        if started:
+            stopped(reason)
+        cannot_start(reason)
+    except Exception as exc:  # a defect, not the user's doing: the traceback goes to the log
+        with log.open("a", encoding="utf-8") as file:
+            traceback.print_exc(file=file)
         console.print(
             f"[bold red]prelabel: failed:[/] {type(exc).__name__}: {exc} (traceback: {log})",
             highlight=False,
@@ -413,6 +427,8 @@ def _print_summary(summary: RunSummary) -> None:
         table.add_row(f"  {name}", str(count))
     table.add_row("time", f"{summary.seconds:.1f} s ({summary.images_per_second:.2f} img/s)")
     table.add_row("run folder", summary.out)
+    for damage in summary.repaired:
+        table.add_row("repaired", f"{damage}: moved to quarantine/, its images labeled again")
     for uri in summary.exports:
         table.add_row("export", uri)
     console.print(table)

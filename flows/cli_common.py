@@ -48,6 +48,15 @@ def cannot_start(reason: str) -> NoReturn:
     raise typer.Exit(EXIT_CANNOT_START)
 
 
+def stopped(reason: str) -> NoReturn:
+    """A run that started and could not go on (a full disk, a refused write): exit 2 as for a
+    refusal, since nothing was half-written and a rerun resumes."""
+    console.print(
+        f"[bold red]prelabel: stopped:[/] {escape(reason)}", highlight=False, soft_wrap=True
+    )
+    raise typer.Exit(EXIT_CANNOT_START)
+
+
 def flags_given(values: Mapping[str, Any], under: str = "") -> dict[str, str]:
     """Field path -> flag, for the RUN_FLAGS among ``values`` (field -> value the flags gave,
     a nested model's as a dict)."""

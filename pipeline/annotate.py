@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,10 +15,11 @@ from pipeline.config import RunConfig
 from pipeline.decode import IMAGE_EXTENSIONS, is_image_name
 from pipeline.errors import PrelabelError
 from pipeline.exporters import export, view_of
-from pipeline.lease import Lease, holding
+from pipeline.lease import Lease, held_here, holding
 from pipeline.lease import verify as verify_lease
 from pipeline.ledger import DamagedShardError, Ledger, LedgerConflictError, quarantine
 from pipeline.models import load_predictor
+from pipeline.retry import retrying
 from pipeline.run_folder import ModelInfo, RunLayout, RunManifest, code_version
 from pipeline.shards import Shard, ShardStats, plan_shards, process_shard, shard_stats
 from pipeline.storage import ObjectInfo, storage_for
@@ -113,7 +114,8 @@ def check_labels(config: RunConfig) -> None:
 def run_lease(config: RunConfig) -> Iterator[Lease]:
     """Hold the run folder's lease: one run writes a folder at a time (``pipeline.lease``)."""
     layout = _layout(config)
-    layout.storage.ensure_writable(config.out)
+    if not held_here(layout.lease):  # else the holder checked it already
+        layout.storage.ensure_writable(config.out)
     with holding(layout.storage, layout.lease, timeout=config.lease_timeout) as lease:
         yield lease
 
@@ -124,7 +126,6 @@ def plan_run(config: RunConfig, lease: str) -> RunPlan:
     moved aside first, so their images count as not labeled."""
     started = datetime.now(UTC)
     layout = _layout(config)
-    layout.storage.ensure_writable(config.out)
     listed = list(storage_for(config.source, config).list(config.source))
     # Sorted by key: shards, ids and outputs are the same whatever order the store lists in.
     items = sorted(
@@ -222,14 +223,15 @@ def finish_run(plan: RunPlan) -> RunSummary:
 
 def annotate(config: RunConfig) -> RunSummary:
     """The whole run in this process, without Prefect."""
-    with run_lease(config) as lease:
+    with ExitStack() as stack:
+        lease = retrying(lambda: stack.enter_context(run_lease(config)))
         for _ in range(REPAIR_PASSES):
-            plan = plan_run(config, lease.token)
+            plan = retrying(lambda: plan_run(config, lease.token))
             progress.started(plan.images - plan.done)
             for shard in plan.shards:
-                process_shard(shard, config)
+                retrying(lambda: process_shard(shard, config))  # noqa: B023  (called at once)
             try:
-                return finish_run(plan)
+                return retrying(lambda: finish_run(plan))  # noqa: B023  (called at once)
             except DamagedShardError as exc:
                 damaged = exc
         raise damaged

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.errors import PrelabelError
+from pipeline.retry import retrying
 from pipeline.run_folder import LEASE
 from pipeline.storage import NotFoundError, Storage, StorageError
 
@@ -62,15 +63,15 @@ class Lease:
     timeout: float
     lost: str | None = None  # why, once the renewing thread found another holder
     _stop: threading.Event = field(default_factory=threading.Event)
+    _renewer: threading.Thread | None = None
 
     @property
     def token(self) -> str:
         return self.info.token
 
-    def renew_until_released(self) -> threading.Thread:
-        thread = threading.Thread(target=self._renew_loop, name="lease", daemon=True)
-        thread.start()
-        return thread
+    def renew_until_released(self) -> None:
+        self._renewer = threading.Thread(target=self._renew_loop, name="lease", daemon=True)
+        self._renewer.start()
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.timeout / 4):
@@ -96,11 +97,22 @@ class Lease:
         self.info, self.tag = info, tag
 
     def release(self) -> None:
+        """Stop renewing (a beat under way lands first, so the tag is current), then delete
+        the lease if it is still this holding's."""
         self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join()
         try:
-            self.storage.delete_if(self.uri, match=self.tag)
+            retrying(self._delete)
         except StorageError as exc:  # left behind, it goes stale and is taken over
             log.warning("could not remove the run folder's lease: %s", exc)
+
+    def _delete(self) -> None:
+        while not self.storage.delete_if(self.uri, match=self.tag):
+            holder = _holder(self.storage, self.uri)
+            if holder is None or holder[0] is None or holder[0].token != self.token:
+                return  # gone, or another run's now
+            self.tag = holder[1]  # ours, changed by a write whose reply was lost
 
 
 def verify(storage: Storage, uri: str, token: str) -> None:
@@ -113,6 +125,12 @@ def verify(storage: Storage, uri: str, token: str) -> None:
 
 _lock = threading.Lock()
 _held: dict[str, tuple[Lease, int]] = {}  # uri -> (lease, how many holders in this process)
+
+
+def held_here(uri: str) -> bool:
+    """Whether this process holds the lease at ``uri`` now."""
+    with _lock:
+        return uri in _held
 
 
 @contextmanager
@@ -142,7 +160,7 @@ def holding(storage: Storage, uri: str, *, timeout: float) -> Iterator[Lease]:
 def _acquire(storage: Storage, uri: str, timeout: float) -> Lease:
     now = datetime.now(UTC)
     info = LeaseInfo(
-        token=uuid.uuid4().hex,
+        token=_process_token(),
         host=socket.gethostname(),
         pid=os.getpid(),
         started_at=now,
@@ -157,20 +175,26 @@ def _acquire(storage: Storage, uri: str, timeout: float) -> Lease:
         holder = _holder(storage, uri)
         if holder is None:
             continue  # released between our write and our read: try again
-        if holder[0] is not None and holder[0].token == info.token:
-            return Lease(storage, uri, info, holder[1], timeout)  # landed; the reply did not
-        if holder[0] is not None and not _stale(holder[0], timeout):
+        other = holder[0]
+        if other is not None and other.token == info.token:
+            # This process's: this write, or an earlier try's, landed but its reply was lost.
+            return Lease(storage, uri, other, holder[1], timeout)
+        if other is not None and not _stale(other, timeout):
             raise LeaseHeldError(
-                f"{_root(uri)} is being written by {holder[0].describe()} (renewed "
-                f"{(datetime.now(UTC) - holder[0].renewed_at).total_seconds():.0f} s ago); "
-                "wait for it to end, or write to another --out"
+                f"{_root(uri)} is being written by {other.describe()} (renewed "
+                f"{_silent(other):.0f} s ago); wait for it to end, or write to another --out"
             )
-        log.warning(
-            "taking over the run folder's lease from %s: %s",
-            holder[0].describe() if holder[0] else "an unreadable lease",
-            "its process is gone" if holder[0] else "it cannot be read",
-        )
+        log.warning("taking over the run folder's lease from %s", _why_stale(other))
     raise LeaseHeldError(f"{_root(uri)}: another run keeps taking the lease; try again")
+
+
+_tokens: dict[int, str] = {}
+
+
+def _process_token() -> str:
+    """One token per process (a forked child gets its own): a process holds a lease at most
+    once (holdings are shared), so a lease with this token is one an earlier try made."""
+    return _tokens.setdefault(os.getpid(), uuid.uuid4().hex)
 
 
 def _holder(storage: Storage, uri: str) -> tuple[LeaseInfo | None, str] | None:
@@ -186,8 +210,21 @@ def _holder(storage: Storage, uri: str) -> tuple[LeaseInfo | None, str] | None:
 
 
 def _stale(holder: LeaseInfo, timeout: float) -> bool:
-    silent = (datetime.now(UTC) - holder.renewed_at).total_seconds()
-    return silent > timeout or (holder.host == socket.gethostname() and not _alive(holder.pid))
+    gone = holder.host == socket.gethostname() and not _alive(holder.pid)
+    return gone or _silent(holder) > timeout
+
+
+def _why_stale(holder: LeaseInfo | None) -> str:
+    if holder is None:
+        return "a file that is not a lease"
+    if holder.host == socket.gethostname() and not _alive(holder.pid):
+        return f"{holder.describe()}: its process is gone"
+    return f"{holder.describe()}: not renewed for {_silent(holder):.0f} s"
+
+
+def _silent(holder: LeaseInfo) -> float:
+    """Seconds since the holder last renewed, by this host's clock."""
+    return (datetime.now(UTC) - holder.renewed_at).total_seconds()
 
 
 def _alive(pid: int) -> bool:

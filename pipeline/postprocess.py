@@ -77,23 +77,39 @@ def tracer(workers: int, *, yielding: bool = False) -> Executor:
             pool = (
                 ThreadPoolExecutor(1, thread_name_prefix="regions")
                 if workers == 0
-                else ProcessPoolExecutor(
-                    workers,
-                    # spawn: a fork of a process running torch's thread pools can hang
-                    mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_worker_setup,
-                    initargs=(yielding,),
-                )
+                else _processes(workers, yielding)
             )
             _pools[(workers, yielding)] = pool
         return pool
+
+
+def _processes(workers: int, yielding: bool) -> ProcessPoolExecutor:
+    """Every worker started now, with Ctrl-C ignored: a process starting Python when the
+    terminal's SIGINT reaches its group would print a traceback, and a child that starts with
+    SIGINT ignored keeps it so (Python installs its handler only over the default)."""
+    pool = ProcessPoolExecutor(
+        workers,
+        # spawn: a fork of a process running torch's thread pools can hang
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_setup,
+        initargs=(yielding,),
+    )
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
+    try:
+        for _ in range(workers):  # each submit with no idle worker starts one
+            pool.submit(int)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return pool
 
 
 def _worker_setup(yielding: bool) -> None:
     """Each worker is one core's worth: OpenCV's own threads would only oversubscribe. Ctrl-C
     reaches every process of the terminal's group: the workers leave it to the process that
     owns them, which stops them, instead of each printing a traceback."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # already so when started by _processes
     threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
     cv2.setNumThreads(1)
     if yielding:

@@ -75,8 +75,8 @@ class FaultProxy:
     ``statuses`` (``DROP``: the connection closed with no reply) and delays others. A share
     ``after`` of the failures happen after the server acted, as when a reply is lost. The same
     request fails at most ``max_streak`` times in a row, so a client that retries more often
-    than that always gets through; ``deny`` answers 403 AccessDenied to the requests it picks,
-    every time."""
+    than that always gets through; only requests ``faulty`` picks may fail (all by default);
+    ``deny`` answers 403 AccessDenied to the requests it picks, every time."""
 
     def __init__(
         self,
@@ -89,12 +89,13 @@ class FaultProxy:
         seed: int = 0,
         statuses: tuple[int, ...] = (500, 503),
         after: float = 0.5,
+        faulty: Callable[[str, str], bool] = lambda method, path: True,
         deny: Callable[[str, str], bool] = lambda method, path: False,
     ) -> None:
         self.upstream = upstream.removeprefix("http://")
         self.fail_share, self.delay_share, self.max_delay = fail_share, delay_share, max_delay
         self.max_streak, self.statuses, self.deny = max_streak, statuses, deny
-        self.after = after
+        self.after, self.faulty = after, faulty
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.streaks: dict[tuple[str, str], int] = {}
@@ -126,7 +127,8 @@ class FaultProxy:
             if self.random.random() < self.delay_share:
                 wait = self.random.uniform(0, self.max_delay)
                 self.delayed += 1
-            if streak < self.max_streak and self.random.random() < self.fail_share:
+            faulty = streak < self.max_streak and self.faulty(method, path)
+            if faulty and self.random.random() < self.fail_share:
                 self.streaks[request] = streak + 1
                 self.failed += 1
                 return self.random.choice(self.statuses), self.random.random() < self.after, wait

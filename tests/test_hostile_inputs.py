@@ -6,8 +6,10 @@ from __future__ import annotations
 import io
 import math
 import os
+import shutil
 import subprocess
 import sys
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +23,7 @@ from pipeline.decode import DecodeError, decode_image
 from pipeline.ledger import Ledger
 from pipeline.run_folder import RunLayout
 from pipeline.storage import LocalStorage
+from tests.helpers import make_images, merged
 from tests.hostile import Bad, Good, build, png_header_only
 
 LIMITS = {"max_side": 1024, "max_pixels": 10_000_000}
@@ -211,3 +214,61 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
     message, rise_kib = result.stdout.strip().splitlines()
     assert message == f"{huge}: 40000x40000 px is over the 100000000 pixel limit"
     assert int(rise_kib) < 100 * 1024  # ru_maxrss is in KiB on Linux
+
+
+def test_a_fifo_and_a_name_that_is_not_utf8_do_not_stop_the_run(tmp_path: Path) -> None:
+    """A FIFO would block its reader forever; a name of bytes that are not UTF-8 fit no table
+    as they are: the run lists only regular files and keeps such a name in a readable form."""
+    folder = tmp_path / "in"
+    make_images(folder, 2)
+    os.mkfifo(folder / "x.jpg")
+    shutil.copyfile(folder / "img-00.png", os.fsencode(folder) + b"/\xff\xfe.png")
+    out = tmp_path / "run"
+    prelabel = Path(sys.executable).parent / "prelabel"
+    result = subprocess.run(
+        [str(prelabel), "annotate", str(folder), "--out", str(out), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "COLUMNS": "200"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "images labeled │ 3/3" in result.stderr
+    rows = merged(out)[0].to_pylist()
+    assert [r["key"] for r in rows] == ["\\xff\\xfe.png", "img-00.png", "img-01.png"]
+    assert all(r["status"] == "ok" for r in rows)
+    assert rows[0]["content_hash"] == rows[1]["content_hash"]  # the bytes behind the odd name
+    again = annotate(RunConfig(source=str(folder), out=str(out), device="cpu"))
+    assert (again.labeled_now, again.done_before) == (0, 3)
+
+
+def test_a_read_that_hangs_is_recorded_and_the_shard_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "in"
+    make_images(folder, 3)
+    release = threading.Event()
+    read = LocalStorage.read
+
+    def hanging(self: LocalStorage, uri: str) -> bytes:
+        if uri.endswith("img-01.png"):
+            release.wait(60)  # a mount that stopped answering
+        return read(self, uri)
+
+    monkeypatch.setattr(LocalStorage, "read", hanging)
+    config = RunConfig(
+        source=str(folder), out=str(tmp_path / "run"), device="cpu", read_timeout=0.5
+    )
+    try:
+        summary = annotate(config)
+    finally:
+        release.set()
+    rows = {r["key"]: r for r in merged(tmp_path / "run")[0].to_pylist()}
+    assert rows["img-01.png"]["status"] == "failed" and rows["img-01.png"]["retryable"]
+    assert (
+        rows["img-01.png"]["error"] == f"{folder / 'img-01.png'}: cannot read (no answer in 0.5 s)"
+    )
+    assert rows["img-00.png"]["status"] == rows["img-02.png"]["status"] == "ok"
+    assert summary.failed == (("img-01.png", rows["img-01.png"]["error"]),)

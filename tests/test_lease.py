@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -104,37 +103,40 @@ def test_holding_is_shared_within_a_process(tmp_path: Path) -> None:
     assert not Path(uri).exists()
 
 
+_CONTEND = """
+import sys, time
+from pipeline.lease import LeaseHeldError, holding
+from pipeline.storage import storage_for
+uri, start = sys.argv[1], float(sys.argv[2])
+storage = storage_for(uri)
+time.sleep(max(0.0, start - time.time()))
+try:
+    with holding(storage, uri, timeout=60):
+        print("won", flush=True)
+        time.sleep(3)  # the others must find a live holder
+except LeaseHeldError as exc:
+    print("refused", exc, flush=True)
+"""
+
+
 @pytest.mark.parametrize("kind", ["local", "s3"])
-def test_of_many_contenders_exactly_one_gets_the_lease(
+def test_of_many_processes_started_together_exactly_one_gets_the_lease(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """Threads stand in for processes: each goes through the storage's conditional write."""
     if kind == "s3":
         endpoint: S3Endpoint = request.getfixturevalue("s3_endpoint")
-        storage: Storage = S3Storage()
         uri = f"s3://{endpoint.bucket()}/runs/x/lease.json"
     else:
-        storage, uri = LocalStorage(), str(tmp_path / "lease.json")
-    from pipeline import lease as lease_module
-
-    start = threading.Barrier(6)
-    won: list[str] = []
-    refused: list[str] = []
-
-    def contend() -> None:
-        start.wait()
-        try:
-            won.append(lease_module._acquire(storage, uri, timeout=60).token)
-        except LeaseHeldError as exc:
-            refused.append(str(exc))
-
-    threads = [threading.Thread(target=contend) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(won) == 1 and len(refused) == 5
-    assert json.loads(storage.read(uri))["token"] == won[0]
+        uri = str(tmp_path / "run" / "lease.json")
+    start = time.time() + 4  # after every interpreter has started
+    contenders = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CONTEND, uri, str(start)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(6)
+    ]
+    said = [c.communicate(timeout=120)[0].split()[0] for c in contenders]
+    assert sorted(said) == ["refused"] * 5 + ["won"]
 
 
 def test_on_s3_a_lost_reply_does_not_lose_the_lease(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 
-from pipeline.storage import LocalStorage, StorageError, storage_for
+from pipeline.storage import LocalStorage, NotFoundError, StorageError, storage_for
 
 
 def test_listing_is_sorted_recursive_and_skips_hidden(tmp_path: Path) -> None:
@@ -70,3 +71,49 @@ def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "x.bin").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_full_disk_is_a_storage_error_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    target = tmp_path / "x.bin"
+    with pytest.raises(
+        StorageError, match=f"^{target}: cannot write \\(No space left on device\\)$"
+    ) as err:
+        LocalStorage().write_atomic(str(target), b"new")
+    assert not err.value.transient  # a full disk is not worth trying again at once
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_conditional_writes_let_one_writer_through(tmp_path: Path) -> None:
+    storage, uri = LocalStorage(), str(tmp_path / "sub" / "lease.json")
+    first = storage.write_if(uri, b"a", match=None)
+    assert first is not None and storage.read_versioned(uri) == (b"a", first)
+    assert storage.write_if(uri, b"b", match=None) is None  # taken
+    assert storage.write_if(uri, b"b", match="stale") is None  # changed since it was read
+    second = storage.write_if(uri, b"b", match=first)
+    assert second is not None and Path(uri).read_bytes() == b"b"
+    assert not storage.delete_if(uri, match=first)
+    assert storage.delete_if(uri, match=second) and not Path(uri).exists()
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == []  # no lock file left
+
+
+def test_a_fifo_is_not_listed_and_reading_one_fails_at_once(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    os.mkfifo(tmp_path / "x.jpg")
+    assert [o.key for o in LocalStorage().list(str(tmp_path))] == ["a.jpg"]
+    with pytest.raises(StorageError, match=re.escape("x.jpg: cannot read (not a regular file)")):
+        LocalStorage().read(str(tmp_path / "x.jpg"))  # no writer: an open() would block
+
+
+def test_only_a_missing_folder_lists_as_not_found(tmp_path: Path) -> None:
+    with pytest.raises(NotFoundError):
+        list(LocalStorage().list(str(tmp_path / "missing")))
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(StorageError) as err:
+        list(LocalStorage().list(str(tmp_path / "file")))
+    assert not isinstance(err.value, NotFoundError)
