@@ -11,11 +11,12 @@ import contextlib
 import hashlib
 import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import BrokenExecutor
-from typing import Literal
+from typing import Literal, ParamSpec, TypeVar
 from uuid import UUID
 
-from prefect import flow, get_client, task
+from prefect import Task, flow, get_client, task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -45,6 +46,8 @@ from pipeline.retry import DELAYS, is_transient, retrying
 from pipeline.shards import Shard, ShardStats, process_shard
 
 SHARD_DEPLOYMENT = "annotate-shard/shard"
+P = ParamSpec("P")
+R = TypeVar("R")
 Executor = Literal["local", "deployment"]
 
 
@@ -61,32 +64,23 @@ def _transient(task: object, task_run: object, state: State) -> bool:
     return False
 
 
-# Every step touches the run folder, so every step retries what may pass, the same way.
-# Inputs hold a whole shard listing and results are cheap to recompute from the run folder,
-# so Prefect's input-hash caching would only cost time.
-_RETRIES, _DELAYS = len(DELAYS), list(DELAYS)
-plan_task = task(
-    name="plan",
-    cache_policy=NO_CACHE,
-    retries=_RETRIES,
-    retry_delay_seconds=_DELAYS,
-    retry_condition_fn=_transient,
-)(plan_run)
-shard_task = task(
-    name="shard",
-    task_run_name="{shard.shard_id}",
-    cache_policy=NO_CACHE,
-    retries=_RETRIES,
-    retry_delay_seconds=_DELAYS,
-    retry_condition_fn=_transient,
-)(process_shard)
-finish_task = task(
-    name="finish",
-    cache_policy=NO_CACHE,
-    retries=_RETRIES,
-    retry_delay_seconds=_DELAYS,
-    retry_condition_fn=_transient,
-)(finish_run)
+def _step(fn: Callable[P, R], name: str, run_name: str | None = None) -> Task[P, R]:
+    """Every step touches the run folder, so every step retries what may pass, the same way.
+    Inputs hold a whole shard listing and results are cheap to recompute from the run
+    folder, so Prefect's input-hash caching would only cost time."""
+    return task(
+        name=name,
+        task_run_name=run_name,
+        cache_policy=NO_CACHE,
+        retries=len(DELAYS),
+        retry_delay_seconds=list(DELAYS),
+        retry_condition_fn=_transient,
+    )(fn)
+
+
+plan_task = _step(plan_run, "plan")
+shard_task = _step(process_shard, "shard", "{shard.shard_id}")
+finish_task = _step(finish_run, "finish")
 
 
 @flow(name="annotate-shard", flow_run_name="{shard.shard_id}")
