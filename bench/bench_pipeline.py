@@ -10,12 +10,14 @@ statistics re-estimated on a few scenes so the class maps fragment like a real m
   1. script: what a team writes by hand, per image: PIL decode, torchvision model, argmax,
      per-class contours (OpenCV) and RLE (pycocotools), one JSON at the end;
   2. forward only: prelabel's Predictor (forward, upsample, argmax, confidence) on pre-decoded
-     batches at the run's settings: the ceiling for the pipeline;
-  3. prelabel: ``annotate`` end to end (read, decode, predict, regions, Parquet, COCO).
-Model loading is excluded from all three. Prints img/s, prelabel / script (target >= 2.5 on a
-2-core CPU) and prelabel / forward-only (target >= 0.85); with bfloat16, how many pixels agree
-with float32. On CUDA it also prints the Predictor at batch 1/8/32/64, fp32 vs bf16, and with
-``torch.compile``.
+     batches at the run's settings, per engine: the ceiling for the pipeline;
+  3. prelabel: ``annotate`` end to end (read, decode, predict, regions, Parquet, COCO), per
+     engine (torch and openvino on a CPU).
+Model loading and conversion are excluded. Prints img/s, prelabel / script (target >= 3.0 on
+a 2-core AVX-512 BF16 CPU, >= 2.5 on AVX2), prelabel / forward-only (target >= 0.85), how many
+pixels agree with the script's float32 maps, the demo model's agreement at each engine's
+default precision with torch float32, and which engine ``auto`` picks. On CUDA it also prints
+the Predictor at batch 1/8/32/64, fp32 vs bf16, and with ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pycocotools import mask as mask_utils
 from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
 
 import deeplab
+from deeplab.demo import DEMO_CHECKPOINT
 from deeplab.scenes import scenes
 from pipeline.annotate import annotate
 from pipeline.config import RunConfig
@@ -111,9 +114,13 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--batch-size", type=int, default=None, help="default: prelabel's own")
     parser.add_argument("--compile", action="store_true", help="prelabel with --compile")
+    parser.add_argument(
+        "--engines", nargs="+", default=None, help="default: torch and openvino on a CPU"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="alternated; medians printed")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
+    engines = args.engines or (["torch", "openvino"] if args.device == "cpu" else ["torch"])
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         source = root / "images"
@@ -129,56 +136,98 @@ def main() -> None:
         checkpoint = root / "deeplabv3_mobilenet_v3_large_seed0.pth"
         torch.save(model.state_dict(), checkpoint)
 
-        config = RunConfig(
-            source=str(source),
-            out=str(root / "warm-up"),
-            model=str(checkpoint),
-            device=args.device,
-            precision=args.precision,
-            batch_size=args.batch_size,
-            compile=args.compile,
-            max_side=max(width, height),
-        )
-        annotate(config)  # loads and caches the model, starts the tracing processes
-        predictor = load_predictor(config)
-        batch = batch_size_for(config, predictor.device)
-        forward_only(predictor, arrays[:batch], batch)
+        configs, predictors = {}, {}
+        for engine in engines:
+            configs[engine] = RunConfig(
+                source=str(source),
+                out=str(root / f"warm-up-{engine}"),
+                model=str(checkpoint),
+                device=args.device,
+                precision=args.precision,
+                batch_size=args.batch_size,
+                compile=args.compile,
+                max_side=max(width, height),
+                engine=engine,
+                cache_dir=root / "cache",
+            )
+            annotate(configs[engine])  # loads the model, converts it, starts the tracing pool
+            predictors[engine] = load_predictor(configs[engine])
+        batch = batch_size_for(configs[engines[0]], predictors[engines[0]].device)
+        for predictor in predictors.values():
+            forward_only(predictor, arrays[:batch], batch)
         script(model, paths[:2], root / "warm-up.json")
 
-        times: dict[str, list[float]] = {"script": [], "forward": [], "prelabel": []}
+        times: dict[str, list[float]] = {"script": []}
         for r in range(args.rounds):
             times["script"].append(timed(script, model, paths, root / "script.json"))
-            times["forward"].append(timed(forward_only, predictor, arrays, batch))
-            run = config.model_copy(update={"out": str(root / f"run-{r}")})
-            times["prelabel"].append(timed(annotate, run))
-        script_s, forward_s, prelabel_s = (statistics.median(v) for v in times.values())
-        agreement = (
-            _agreement(predictor, model, arrays[:8]) if predictor.precision != "float32" else None
-        )
+            for engine, predictor in predictors.items():
+                forward = timed(forward_only, predictor, arrays, batch)
+                times.setdefault(f"forward {engine}", []).append(forward)
+                run = configs[engine].model_copy(update={"out": str(root / f"run-{engine}-{r}")})
+                times.setdefault(f"prelabel {engine}", []).append(timed(annotate, run))
+        agreement = {e: _agreement(p, model, arrays[:8]) for e, p in predictors.items()}
+        demo = _demo_agreement(engines, root / "cache")
+        auto = load_predictor(configs[engines[0]].model_copy(update={"engine": "auto"}))
 
     n = args.images
+    median = {key: statistics.median(v) for key, v in times.items()}
     print(
         f"{n} JPEGs {width}x{height}; torchvision DeepLabV3-MobileNetV3-Large (seed 0, BN "
-        f"re-estimated), 21 classes; device {predictor.device}, {torch.get_num_threads()} "
-        f"threads; prelabel: precision {predictor.precision}, channels_last "
-        f"{predictor.channels_last}, batch {batch}, compile {args.compile}; "
-        f"median of {args.rounds} alternated rounds"
+        f"re-estimated), 21 classes; device {args.device}, CPU "
+        f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads; batch "
+        f"{batch}, compile {args.compile}; median of {args.rounds} alternated rounds"
     )
-    print(f"{'path':<36} {'s':>7} {'img/s':>7}   rounds (s)")
-    for name, key in (
-        ("1. hand-written script", "script"),
-        ("2. forward only (prelabel settings)", "forward"),
-        ("3. prelabel annotate", "prelabel"),
-    ):
-        seconds = statistics.median(times[key])
-        rounds = " ".join(f"{t:.2f}" for t in times[key])
-        print(f"{name:<36} {seconds:>7.2f} {n / seconds:>7.2f}   {rounds}")
-    print(f"prelabel / script: {script_s / prelabel_s:.2f}x (target >= 2.5)")
-    print(f"prelabel / forward only: {forward_s / prelabel_s:.3f} (target >= 0.85)")
-    if agreement is not None:
-        print(f"{predictor.precision} vs float32 class maps: {agreement:.3%} of pixels agree")
-    if predictor.device.type == "cuda":
+    print(f"{'path':<40} {'s':>7} {'img/s':>7}   rounds (s)")
+    for key, values in times.items():
+        what, _, engine = key.partition(" ")
+        label = {
+            "script": "1. hand-written script",
+            "forward": f"2. forward only, {engine}",
+            "prelabel": f"3. prelabel annotate, {engine}",
+        }[what]
+        rounds = " ".join(f"{t:.2f}" for t in values)
+        print(f"{label:<40} {median[key]:>7.2f} {n / median[key]:>7.2f}   {rounds}")
+    for engine in engines:
+        prelabel_s = median[f"prelabel {engine}"]
+        print(
+            f"{engine}: prelabel / script {median['script'] / prelabel_s:.2f}x (target >= 3.0 "
+            f"AVX-512 BF16, >= 2.5 AVX2); prelabel / forward only "
+            f"{median[f'forward {engine}'] / prelabel_s:.3f} (target >= 0.85); class maps "
+            f"agree with the script's float32 on {agreement[engine]:.3%} of pixels; demo at "
+            f"{demo[engine][0]} agrees with torch float32 on {demo[engine][1]:.3%}"
+        )
+    print(f"engine auto picks here: {auto.engine.name} ({auto.precision})")
+    if args.device != "cpu":
         _cuda_table(checkpoint, arrays)
+
+
+def _demo_agreement(engines: list[str], cache: Path) -> dict[str, tuple[str, float]]:
+    """Each engine at its default precision against torch float32 on the trained demo model
+    and the scenes it knows: the honest test of a lower precision (a random model's logits are
+    nearly flat and flip under any)."""
+    model, meta = deeplab.load(DEMO_CHECKPOINT)
+    images = [s.image for s in scenes(11, 8, height=480, width=640)]
+    reference = deeplab.Predictor(model, meta, device="cpu", precision="float32").predict(images)
+    out = {}
+    for engine in engines:
+        predictor = deeplab.Predictor(
+            model,
+            meta,
+            device="cpu",
+            engine=engine,  # type: ignore[arg-type]
+            precision=None if engine == "openvino" else _native_precision(),
+            cache_dir=cache,
+        )
+        maps = predictor.predict(images)
+        pairs = zip(reference, maps, strict=True)
+        agree = np.mean([(a.class_map == b.class_map).mean() for a, b in pairs])
+        out[engine] = (predictor.precision, float(agree))
+    return out
+
+
+def _native_precision() -> str:
+    """What prelabel's precision=auto gives torch on this CPU."""
+    return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
 
 
 def _agreement(

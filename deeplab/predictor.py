@@ -9,19 +9,16 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
+from deeplab.engines import Engine, OpenVinoEngine, Precision, TorchEngine
 from deeplab.meta import ModelMeta
 from deeplab.model import DeepLab
-from deeplab.preprocess import Normalizer
 from deeplab.tiling import predict_tiled
-
-Precision = Literal["float32", "bfloat16", "float16"]
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,30 +57,35 @@ class Predictor:
         channels_last: bool = True,
         low_confidence: float = 0.5,
         compile: bool = False,
+        engine: Engine = "torch",
+        cache_dir: Path | None = None,
     ) -> None:
+        """``precision`` None: the engine's default (bfloat16 on CUDA; float32 for torch on a
+        CPU; OpenVINO's own choice, bfloat16 where the CPU has it). ``cache_dir`` keeps
+        converted models between runs."""
         self.device = resolve_device(device)
         on_cuda = self.device.type == "cuda"
-        self.precision: Precision = precision or ("bfloat16" if on_cuda else "float32")
-        if self.precision == "float16" and not on_cuda:
+        if precision == "float16" and not on_cuda:
             raise ValueError("float16 inference needs CUDA; use bfloat16 or float32 on the CPU")
-        self.channels_last = channels_last
         self.low_confidence = low_confidence
         self.meta = meta
-        self.model = model.eval().to(self.device)
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        if on_cuda:
-            torch.backends.cudnn.benchmark = True  # sizes repeat within a run: tune once each
-        self._logits = self.model.forward_logits
-        if compile:
-            # On a CPU, freezing folds BatchNorm into the convs and prepacks their weights for
-            # oneDNN: measured 1.4x over eager channels_last (MobileNetV3, 480x640, 2 cores),
-            # where plain compile gained nothing. Inference only, which a Predictor is.
-            options: dict[str, Any] | None = (
-                {"freezing": True} if self.device.type == "cpu" else None
+        self.engine: TorchEngine | OpenVinoEngine
+        if engine == "openvino":
+            if on_cuda:
+                raise ValueError("the openvino engine runs on the CPU; use --device cpu")
+            self.engine = OpenVinoEngine(model, meta, precision=precision, cache_dir=cache_dir)
+        else:
+            self.engine = TorchEngine(
+                model,
+                meta,
+                self.device,
+                precision=precision or ("bfloat16" if on_cuda else "float32"),
+                channels_last=channels_last,
+                compile=compile,
             )
-            self._logits = torch.compile(self.model.forward_logits, options=options)
-        self._normalize = Normalizer(meta, self.device)
+            if on_cuda:
+                torch.backends.cudnn.benchmark = True  # sizes repeat within a run: tune once each
+        self.precision: Precision = self.engine.precision
 
     def predict(
         self,
@@ -136,15 +138,7 @@ class Predictor:
         )
 
     def _forward(self, batch: np.ndarray) -> torch.Tensor:
-        host = torch.from_numpy(batch)
-        if self.device.type == "cuda":
-            host = host.pin_memory()
-        device_batch = host.to(self.device, non_blocking=True)
-        x = self._normalize(device_batch, channels_last=self.channels_last)
-        dtype = _DTYPES[self.precision]
-        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
-            logits: torch.Tensor = self._logits(x)
-        return logits
+        return self.engine(batch)
 
     def _decode(self, logits: torch.Tensor, size: tuple[int, ...]) -> Prediction:
         # Channels last, each pixel's class scores are contiguous: the max and the sum over

@@ -110,6 +110,10 @@ def annotate(
     compile_model: Annotated[
         bool, typer.Option("--compile", help="torch.compile the model (pays a compile).")
     ] = False,
+    engine: Annotated[
+        str | None,
+        typer.Option(help="auto, torch or openvino (CPU); auto times both once per model."),
+    ] = None,
     output_stride: Annotated[
         int | None,
         typer.Option(help="8, 16 or 32: run the model at this stride (default: as trained)."),
@@ -140,6 +144,7 @@ def annotate(
         "force": force or None,
         "precision": precision,
         "compile": compile_model or None,
+        "engine": engine,
         "output_stride": output_stride,
         "large_images": large_images,
         "tile_size": tile_size,
@@ -298,6 +303,7 @@ def _run(
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(interruptible())
+            send_logs_to(log, console, verbose=verbose)
             retrying(lambda: check_source(config))
             retrying(lambda: stack.enter_context(run_lease(config)))
             retrying(lambda: check_labels(config))
@@ -308,7 +314,7 @@ def _run(
 
             stack.callback(drain_to_server)
 
-            send_logs_to(log, console, verbose=verbose)
+            send_logs_to(log, console, verbose=verbose)  # again: importing Prefect reset them
             stack.enter_context(listener)
             stack.enter_context(progress.listening(listener))
             started = True
@@ -426,6 +432,7 @@ def _print_summary(summary: RunSummary) -> None:
     for name, count in summary.class_counts.items():
         table.add_row(f"  {name}", str(count))
     table.add_row("time", f"{summary.seconds:.1f} s ({summary.images_per_second:.2f} img/s)")
+    table.add_row("engine", summary.engine)
     table.add_row("run folder", summary.out)
     for damage in summary.repaired:
         table.add_row("repaired", f"{damage}: moved to quarantine/, its images labeled again")

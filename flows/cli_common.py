@@ -35,6 +35,7 @@ RUN_FLAGS = {
     "regions.min_area": "--min-area",
     "force": "--force",
     "compile": "--compile",
+    "engine": "--engine",
 }
 # pydantic's wording before a validator's own message, which already says what is wrong.
 _PREFIXES = {"value_error": "Value error, ", "assertion_error": "Assertion failed, "}

@@ -15,8 +15,8 @@ from pathlib import Path
 from rich.console import Console
 
 # What a person must see while a run works, even without --verbose: a lease taken over, a
-# damaged shard moved aside. One line each, no traceback.
-_NOTICES = ("pipeline.lease", "pipeline.ledger")
+# damaged shard moved aside, an engine that cannot load. One line each, no traceback.
+_NOTICES = ("pipeline.lease", "pipeline.ledger", "pipeline.models")
 # Loggers Prefect gives handlers of their own instead of letting them reach the root.
 _OWN_HANDLERS = ("prefect._internal", "uvicorn", "fastapi")
 

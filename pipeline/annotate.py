@@ -47,6 +47,7 @@ class RunPlan:
     skipped: int  # listed files that are not images by extension
     model: ModelInfo
     started_at: datetime
+    engine: str  # what runs the forward here, and at which precision: "openvino bfloat16"
     repaired: tuple[str, ...] = ()  # damaged shards moved aside, each "file: reason"
 
 
@@ -63,6 +64,7 @@ class RunSummary:
     seconds: float
     exports: tuple[str, ...]
     shards: tuple[ShardStats, ...]  # this pass's shards
+    engine: str  # what ran the forward here, and at which precision
     repaired: tuple[str, ...] = ()  # damaged shards moved aside and labeled again
 
     @property
@@ -134,7 +136,8 @@ def plan_run(config: RunConfig, lease: str) -> RunPlan:
     )
     if not items:
         raise RunError(f"{config.source}: no images found (looked for {_EXTENSIONS})")
-    meta = load_predictor(config).meta
+    predictor = load_predictor(config)
+    meta = predictor.meta
     verify_lease(layout.storage, layout.lease, lease)
     ledger = Ledger.load(layout)
     damage = [*ledger.damaged, *ledger.damaged_records(layout)]
@@ -162,6 +165,7 @@ def plan_run(config: RunConfig, lease: str) -> RunPlan:
         skipped,
         model,
         started,
+        engine=f"{predictor.engine.name} {predictor.precision}",
         repaired=tuple(f"{d.uri}: {d.reason}" for d in damage),
     )
 
@@ -203,6 +207,7 @@ def finish_run(plan: RunPlan) -> RunSummary:
         images=view.images.num_rows,
         images_failed=len(failed),
         regions=view.regions.num_rows,
+        engine=plan.engine,
     )
     layout.storage.write_atomic(layout.manifest, manifest.model_dump_json(indent=2).encode())
     return RunSummary(
@@ -217,6 +222,7 @@ def finish_run(plan: RunPlan) -> RunSummary:
         seconds=(finished - plan.started_at).total_seconds(),
         exports=exports,
         shards=shards,
+        engine=plan.engine,
         repaired=plan.repaired,
     )
 

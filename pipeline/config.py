@@ -27,6 +27,10 @@ ENV_PREFIX, ENV_NESTED = "PRELABEL_", "__"
 _DEVICE = re.compile(r"auto|cpu|cuda(:(0|[1-9][0-9]*))?")
 
 
+def _default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "prelabel"
+
+
 def _default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
@@ -73,6 +77,11 @@ class RunConfig(BaseSettings):
     # auto: bfloat16 autocast on CUDA, float32 on the CPU. See README for the trade-offs.
     precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     compile: bool = False  # torch.compile the model: pays a compile per input size
+    # What runs the forward: torch, or openvino (CPU only). auto: torch on CUDA; on a CPU the
+    # faster of the two, timed on this machine once per model and kept in cache_dir.
+    engine: Literal["auto", "torch", "openvino"] = "auto"
+    # Converted models and engine timings, kept between runs.
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
     # Run the checkpoint's weights at this output stride (None: the one it was trained at).
     # 8 is a finer map for 2.6x the multiply-adds of 16 (ResNet-50); README has the figures.
     output_stride: Literal[8, 16, 32] | None = None

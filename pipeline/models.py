@@ -6,18 +6,36 @@ Shard tasks ask for the predictor by reference; the cache keeps one model in mem
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Callable
 from functools import lru_cache
+from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 import deeplab
 from deeplab.demo import DEMO_CHECKPOINT
+from deeplab.engines import Engine, EngineError, openvino_missing, timings
+from deeplab.files import write_atomic
 from deeplab.predictor import resolve_device
 from pipeline.config import RunConfig
+from pipeline.errors import PrelabelError
+
+log = logging.getLogger(__name__)
 
 DEMO = "demo"
 CPU_BATCH, GPU_BATCH = 2, 8
+ENGINES: tuple[Engine, ...] = ("torch", "openvino")
+PROBE = (480, 640)  # the image (h, w) engines are timed on: a common photo size
+
+
+class ModelSetupError(PrelabelError):
+    """The model cannot run as asked here (an engine not installed, a precision the device
+    lacks)."""
 
 
 def resolve_checkpoint(ref: str) -> Path:
@@ -34,6 +52,8 @@ def load_predictor(config: RunConfig) -> deeplab.Predictor:
         config.precision,
         config.compile,
         config.output_stride,
+        config.engine,
+        config.cache_dir,
     )
 
 
@@ -45,24 +65,95 @@ def _cached(
     precision: str,
     compile: bool,
     output_stride: int | None,
+    engine: str,
+    cache_dir: Path,
 ) -> deeplab.Predictor:
     model, meta = deeplab.load(resolve_checkpoint(ref))
     if output_stride is not None:
         model, meta = deeplab.at_output_stride(model, meta, output_stride)
-    return deeplab.Predictor(
-        model,
-        meta,
-        device=device,
-        low_confidence=low_confidence,
-        precision=_resolved(precision, device),  # type: ignore[arg-type]
-        compile=compile,
+
+    def predictor(engine: Engine) -> deeplab.Predictor:
+        # The openvino engine's "auto" is its own choice (bfloat16 where the CPU has it).
+        chosen = None if engine == "openvino" and precision == "auto" else precision
+        try:
+            return deeplab.Predictor(
+                model,
+                meta,
+                device=device,
+                low_confidence=low_confidence,
+                precision=_resolved(chosen, device),  # type: ignore[arg-type]
+                compile=compile,
+                engine=engine,
+                cache_dir=cache_dir,
+            )
+        except (EngineError, ValueError) as exc:
+            raise ModelSetupError(str(exc)) from exc
+
+    if engine == "openvino" and (missing := openvino_missing()):
+        raise ModelSetupError(f"engine openvino: {missing}")
+    if engine != "auto":
+        return predictor(engine)  # type: ignore[arg-type]
+    if resolve_device(device).type != "cpu":
+        return predictor("torch")
+    if missing := openvino_missing():
+        log.warning("engine auto: %s; running on torch", missing)
+        return predictor("torch")
+    return _faster(predictor, meta, precision, compile, cache_dir)
+
+
+def _faster(
+    predictor: Callable[[Engine], deeplab.Predictor],
+    meta: deeplab.ModelMeta,
+    precision: str,
+    compile: bool,
+    cache_dir: Path,
+) -> deeplab.Predictor:
+    """The faster engine on this CPU for this model, timed once and remembered: the same
+    machine, model, libraries and settings get the same answer without timing again."""
+    key = "|".join(
+        [
+            meta.model_version,
+            torch.backends.cpu.get_cpu_capability(),
+            f"{torch.get_num_threads()} threads",
+            f"torch {torch.__version__}",
+            f"openvino {version('openvino')}",
+            f"precision {precision}",
+            f"compile {compile}",
+        ]
     )
+    book = cache_dir / "engines.json"
+    known = _read_json(book)
+    if key in known:
+        return predictor(known[key]["engine"])
+    candidates = {name: predictor(name) for name in ENGINES}
+    probe = np.zeros((1, *PROBE, 3), np.uint8)
+    ms = timings({name: p.engine for name, p in candidates.items()}, probe)
+    winner = min(ENGINES, key=ms.__getitem__)
+    log.info(
+        "engine auto: %s (%s per %dx%d image)",
+        winner,
+        ", ".join(f"{name} {t:.0f} ms" for name, t in ms.items()),
+        *PROBE[::-1],
+    )
+    known[key] = {"engine": winner, "ms": {name: round(t, 1) for name, t in ms.items()}}
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(book, json.dumps(known, indent=1, sort_keys=True).encode())
+    return candidates[winner]
 
 
-def _resolved(precision: str, device: str) -> str | None:
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _resolved(precision: str | None, device: str) -> str | None:
     """``auto``: the Predictor's choice on CUDA (bfloat16); on a CPU with native bfloat16
     (AVX-512 BF16, AMX) bfloat16 too, measured about 1.5x faster than float32 with class maps
-    agreeing on over 99% of pixels (bench/bench_pipeline.py); float32 elsewhere."""
+    agreeing on over 99% of pixels (bench/bench_pipeline.py); float32 elsewhere. None: the
+    engine's own choice."""
     if precision != "auto":
         return precision
     if resolve_device(device).type == "cuda":

@@ -51,6 +51,8 @@ class ImageRecord:
     mode: str | None  # PIL mode before conversion to RGB
     frames: int | None  # > 1: an animation or multi-page file, first frame labeled
     inference: str | None  # "whole", "downscaled" (to max_side) or "tiled"
+    engine: str | None  # what ran the forward: "torch" or "openvino"
+    precision: str | None  # at which precision it ran: "float32", "bfloat16", "float16"
     region_count: int
     mean_confidence: float | None
     low_confidence_share: float | None

@@ -69,3 +69,6 @@ class RunManifest(BaseModel):
     images: int
     images_failed: int
     regions: int
+    # What ran the forward in the run's own process ("openvino bfloat16"); each image's row
+    # says what ran it, which differs where a work pool's machines do.
+    engine: str | None = None

@@ -244,7 +244,7 @@ class _Labeler:
         inference: str,
     ) -> None:
         row = _labeled(
-            loaded, image, predict_ms, inference, self.shard_id, self.predictor.meta, self.config
+            loaded, image, predict_ms, inference, self.shard_id, self.predictor, self.config
         )
         traced = self.pool.submit(
             trace,
@@ -283,14 +283,14 @@ def _labeled(
     predict_ms: float,
     inference: str,
     shard_id: str,
-    meta: deeplab.ModelMeta,
+    predictor: deeplab.Predictor,
     config: RunConfig,
 ) -> ImageRecord:
     """The row of a labeled image, before its regions are traced."""
     return _row(
         loaded,
         shard_id,
-        meta,
+        predictor.meta,
         config,
         status="ok",
         content_hash=image.content_hash,
@@ -301,6 +301,8 @@ def _labeled(
         mode=image.mode,
         frames=image.frames,
         inference=inference,
+        engine=predictor.engine.name,
+        precision=predictor.precision,
         predict_ms=predict_ms,
     )
 
@@ -338,7 +340,7 @@ def _row(
         "model_version": meta.model_version,
         "config_hash": config.labeling_hash,
         **dict.fromkeys(("width", "height", "model_width", "model_height", "mode", "frames")),
-        "inference": None,
+        **dict.fromkeys(("inference", "engine", "precision")),
         "region_count": 0,
         **dict.fromkeys(
             (

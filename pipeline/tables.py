@@ -57,6 +57,8 @@ IMAGES_SCHEMA = pa.schema(
         ("mode", pa.string()),
         ("frames", pa.int32()),
         ("inference", pa.string()),
+        ("engine", pa.string()),
+        ("precision", pa.string()),
         ("region_count", pa.int32()),
         ("mean_confidence", pa.float32()),
         ("low_confidence_share", pa.float32()),

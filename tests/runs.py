@@ -105,6 +105,8 @@ def _record(
         mode="RGB" if shape else None,
         frames=1 if shape else None,
         inference="whole" if shape else None,
+        engine="torch" if shape else None,
+        precision="float32" if shape else None,
         region_count=region_count,
         mean_confidence=0.8 if shape else None,
         low_confidence_share=0.0 if shape else None,
