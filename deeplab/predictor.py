@@ -68,6 +68,9 @@ class Predictor:
         if precision == "float16" and not on_cuda:
             raise ValueError("float16 inference needs CUDA; use bfloat16 or float32 on the CPU")
         self.low_confidence = low_confidence
+        # The same test on the uint8 map: confidence x 255 rounded is under t x 255 exactly
+        # when the confidence is under t, but for values rounding up to the threshold.
+        self._low_threshold = round(low_confidence * 255)
         self.meta = meta
         self.engine: TorchEngine | OpenVinoEngine
         if engine == "openvino":
@@ -106,11 +109,29 @@ class Predictor:
             groups[image.shape].append(i)
         results: list[Prediction | None] = [None] * len(images)
         with torch.inference_mode():
-            for indices in groups.values():
-                logits = self._forward(np.stack([images[i] for i in indices]))
+            for shape, indices in groups.items():
+                batch = np.stack([images[i] for i in indices])
+                if isinstance(self.engine, OpenVinoEngine) and all(
+                    tuple(sizes[i]) == shape[:2] for i in indices
+                ):
+                    classes, confidence = self.engine.maps(batch)
+                    for row, i in enumerate(indices):
+                        results[i] = self._from_maps(classes[row], confidence[row])
+                    continue
+                logits = self._forward(batch)
                 for row, i in enumerate(indices):
                     results[i] = self._decode(logits[row : row + 1], tuple(sizes[i]))
         return [r for r in results if r is not None]
+
+    def _from_maps(self, classes: np.ndarray, confidence: np.ndarray) -> Prediction:
+        """A prediction whose maps the engine decoded; its figures from the uint8 confidence."""
+        return Prediction(
+            class_map=classes,
+            confidence=confidence,
+            mean_confidence=float(confidence.mean()) / 255,
+            low_confidence_share=float(np.count_nonzero(confidence < self._low_threshold))
+            / confidence.size,
+        )
 
     def predict_tiled(
         self, image: np.ndarray, *, tile: int = 1024, overlap: int = 128, batch_size: int = 4

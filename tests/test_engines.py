@@ -60,6 +60,27 @@ def test_openvino_at_float32_gives_torchs_logits_on_every_architecture(
         assert (ours - theirs).abs().max().item() <= 1e-3 * scale
 
 
+def test_maps_decoded_inside_openvino_equal_torchs_at_float32(tmp_path: Path) -> None:
+    """Images labeled at the size the model sees take the maps model (upsample, argmax and
+    confidence in the graph); downscaled ones the logits and torch's decode: both as torch."""
+    torch.manual_seed(0)
+    model = deeplab.build("deeplabv3plus_mobilenet_v2", num_classes=6)
+    randomize_batchnorm_(model, seed=3)
+    meta = deeplab.ModelMeta(arch="deeplabv3plus_mobilenet_v2", class_names=tuple("abcdef"))
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(97, 131), (64, 80)]]
+    sizes = [(97, 131), (128, 160)]  # the second as if downscaled for the model
+    reference = deeplab.Predictor(model, meta, device="cpu").predict(images, sizes)
+    ours = deeplab.Predictor(
+        model, meta, device="cpu", engine="openvino", precision="float32", cache_dir=tmp_path
+    ).predict(images, sizes)
+    for a, b in zip(reference, ours, strict=True):
+        assert a.class_map.shape == b.class_map.shape
+        assert (a.class_map != b.class_map).mean() < 1e-3  # near-ties may fall either way
+        assert np.abs(a.confidence.astype(int) - b.confidence).max() <= 1
+        assert abs(a.mean_confidence - b.mean_confidence) < 2e-3
+
+
 def test_the_demo_at_openvinos_default_precision_agrees_with_float32(tmp_path: Path) -> None:
     """A trained model on the scenes it knows: a random model's logits are nearly flat and flip
     under any lower precision, so they say nothing about it."""
@@ -82,8 +103,11 @@ def test_a_converted_model_is_kept_and_not_converted_again(
 ) -> None:
     model, meta = deeplab.load(DEMO_CHECKPOINT)
     first = deeplab.Predictor(model, meta, device="cpu", engine="openvino", cache_dir=tmp_path)
-    (kept,) = (tmp_path / "openvino").iterdir()
-    assert kept.name.startswith(meta.model_version) and (kept / "model.bin").stat().st_size > 1e6
+    first.predict_tiled(next(scenes(2, 1, height=96, width=128)).image, tile=64, overlap=16)
+    kept = sorted((tmp_path / "openvino").iterdir())
+    assert [k.name.rsplit("-", 1)[1] for k in kept] == ["logits", "maps"]
+    assert all(k.name.startswith(meta.model_version) for k in kept)
+    assert all((k / "model.bin").stat().st_size > 1e6 for k in kept)
 
     def no_conversion(*args: object, **kwargs: object) -> None:
         raise AssertionError("converted again")
