@@ -162,7 +162,7 @@ class OpenVinoEngine:
         if kind not in self._compiled:
             converted = openvino_model(self._modules[kind], kind, self._meta, self._cache_dir)
             try:
-                compiled = _openvino().Core().compile_model(converted, "CPU", self._config)
+                compiled = openvino_module().Core().compile_model(converted, "CPU", self._config)
             except RuntimeError as exc:
                 raise EngineError(
                     f"OpenVINO cannot run at {self._asked} on this CPU: {exc}"
@@ -176,7 +176,7 @@ def openvino_missing() -> str | None:
     if importlib.util.find_spec("openvino") is None:
         return "the openvino package is not installed"
     try:
-        _openvino()
+        openvino_module()
     except EngineError as exc:
         return str(exc)
     return None
@@ -186,7 +186,7 @@ def openvino_model(module: nn.Module, kind: str, meta: ModelMeta, cache_dir: Pat
     """``module`` (one of the engine's: uint8 NHWC in) as an OpenVINO model with dynamic batch,
     height and width; converted once and kept under ``cache_dir/openvino`` (weights at full
     precision: the engine picks its own)."""
-    ov = _openvino()
+    ov = openvino_module()
     version = re.sub(r"[^\w.-]+", "_", ov.__version__)
     path = (
         None
@@ -241,7 +241,8 @@ def _save_whole(ov: Any, converted: Any, path: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _openvino() -> Any:
+def openvino_module() -> Any:
+    """The openvino package, or EngineError saying why it does not load."""
     try:
         import openvino
     except ImportError as exc:  # installed but its libraries do not load on this machine

@@ -468,3 +468,7 @@ app.command("train")(train_command)
 from flows.cli_verify import verify_command  # noqa: E402  (commands in their own modules)
 
 app.command("verify")(verify_command)
+
+from flows.cli_export_model import export_model_command  # noqa: E402  (commands in their own modules)
+
+app.command("export-model")(export_model_command)
