@@ -16,6 +16,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import cv2
 import torch
 
 import deeplab
@@ -215,9 +216,38 @@ class _Labeler:
         predictions = _predict_halving(self.predictor, images)
         predict_ms = _ms(t0) / len(images)
         for loaded, image, prediction in zip(batch, images, predictions, strict=True):
+            if prediction is None:
+                self._in_tiles(loaded, image)
+                continue
             inference = "downscaled" if image.scale < 1 else "whole"
             self._submit(loaded, image, prediction, predict_ms, inference)
         self._wait(self.ahead)
+
+    def _in_tiles(self, loaded: _Loaded, image: DecodedImage) -> None:
+        """An image the device cannot hold whole, in tiles half its size (or the configured
+        tile, if smaller), one at a time; when even those do not fit, a failed row (retryable:
+        another machine may hold it), never a failed shard."""
+        tile = max(64, min(self.config.tile_size, max(image.pixels.shape[:2]) // 2))
+        t0 = time.perf_counter()
+        try:
+            tiled = self.predictor.predict_tiled(
+                image.pixels, tile=tile, overlap=min(self.config.tile_overlap, tile // 4)
+            )
+        except torch.OutOfMemoryError:
+            _free(self.predictor)
+            reason = f"{image.uri}: out of device memory, even in {tile} px tiles one at a time"
+            self.failed(
+                dataclasses.replace(
+                    loaded,
+                    image=None,
+                    error=reason,
+                    retryable=True,
+                    content_hash=image.content_hash,
+                )
+            )
+            return
+        log.warning("%s: out of device memory whole; labeled in %d px tiles", image.uri, tile)
+        self._submit(loaded, image, _at_size(tiled, image.height, image.width), _ms(t0), "tiled")
 
     def tiled(self, loaded: _Loaded, batch_size: int) -> None:
         assert loaded.image is not None
@@ -361,21 +391,42 @@ def _row(
 
 def _predict_halving(
     predictor: deeplab.Predictor, images: list[DecodedImage]
-) -> list[deeplab.Prediction]:
+) -> list[deeplab.Prediction | None]:
     """Out of GPU memory, try the two halves: a batch size that fits most images must not fail
-    a shard on one large bucket. One image that does not fit is a real error."""
+    a shard on one large bucket. None for an image that does not fit alone."""
     try:
-        return predictor.predict([i.pixels for i in images], [(i.height, i.width) for i in images])
+        return list(
+            predictor.predict([i.pixels for i in images], [(i.height, i.width) for i in images])
+        )
     except torch.OutOfMemoryError:
+        _free(predictor)
         if len(images) == 1:
-            raise
+            return [None]
         log.warning("out of device memory at batch %d; halving", len(images))
-        if predictor.device.type == "cuda":
-            torch.cuda.empty_cache()
         half = len(images) // 2
         return _predict_halving(predictor, images[:half]) + _predict_halving(
             predictor, images[half:]
         )
+
+
+def _free(predictor: deeplab.Predictor) -> None:
+    if predictor.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _at_size(prediction: deeplab.Prediction, height: int, width: int) -> deeplab.Prediction:
+    """A prediction made on a downscaled image, brought to the original size (nearest)."""
+    if prediction.class_map.shape == (height, width):
+        return prediction
+    return dataclasses.replace(
+        prediction,
+        class_map=cv2.resize(
+            prediction.class_map, (width, height), interpolation=cv2.INTER_NEAREST
+        ),
+        confidence=cv2.resize(
+            prediction.confidence, (width, height), interpolation=cv2.INTER_NEAREST
+        ),
+    )
 
 
 def _bounded_map(

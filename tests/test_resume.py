@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -282,3 +283,40 @@ def test_out_of_device_memory_halves_the_batch_and_labels_everything(
     reference = run(source, tmp_path / "reference", shard_size=7)
     assert merged(tmp_path / "run")[1].equals(merged(tmp_path / "reference")[1])
     assert reference.labeled == 7
+
+
+@pytest.mark.parametrize("tiles_fit", [True, False])
+def test_an_image_too_large_for_the_device_goes_to_tiles_or_fails_alone(
+    tiles_fit: bool, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of device memory even for one image: labeled in tiles, or, when even a tile does
+    not fit, a failed row to retry elsewhere; the shard and the other images go on."""
+    import deeplab
+
+    real_predict, real_tiled = deeplab.Predictor.predict, deeplab.Predictor.predict_tiled
+    too_large = {"img-02.png", "img-05.png"}
+    big = [np.asarray(Image.open(source / name).convert("RGB")) for name in too_large]
+
+    def whole(self: deeplab.Predictor, images: list[np.ndarray], *args: object) -> object:
+        if any(np.array_equal(image, b) for image in images for b in big):
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_predict(self, images, *args)  # type: ignore[arg-type]
+
+    def tiles(self: deeplab.Predictor, image: np.ndarray, **kwargs: object) -> object:
+        if not tiles_fit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_tiled(self, image, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(deeplab.Predictor, "predict", whole)
+    monkeypatch.setattr(deeplab.Predictor, "predict_tiled", tiles)
+    summary = run(source, tmp_path / "run", batch_size=4, shard_size=7)
+    rows = {r["key"]: r for r in merged(tmp_path / "run")[0].to_pylist()}
+    assert {k for k, r in rows.items() if r["status"] == "ok"} >= set(rows) - too_large
+    for name in too_large:
+        if tiles_fit:
+            assert (rows[name]["status"], rows[name]["inference"]) == ("ok", "tiled")
+            assert rows[name]["region_count"] > 0
+        else:
+            assert rows[name]["status"] == "failed" and rows[name]["retryable"]
+            assert "out of device memory, even in 64 px tiles" in rows[name]["error"]
+    assert len(summary.failed) == (0 if tiles_fit else 2)
