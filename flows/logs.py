@@ -14,6 +14,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from pipeline.config import default_cache_dir
+
 # What a person must see while a run works, even without --verbose: a lease taken over, a
 # damaged shard moved aside, an engine that cannot load. One line each, no traceback.
 _NOTICES = ("pipeline.lease", "pipeline.ledger", "pipeline.models")
@@ -21,11 +23,16 @@ _NOTICES = ("pipeline.lease", "pipeline.ledger", "pipeline.models")
 _OWN_HANDLERS = ("prefect._internal", "uvicorn", "fastapi")
 
 
+KEEP = 100  # log files kept; older ones are removed as new ones are made
+
+
 def log_file(command: str) -> Path:
-    """A new log file under ``$XDG_CACHE_HOME/prelabel/logs`` (``~/.cache`` by default)."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    folder = cache / "prelabel" / "logs"
+    """A new log file under ``$XDG_CACHE_HOME/prelabel/logs`` (``~/.cache`` by default); only
+    the newest ``KEEP`` are kept."""
+    folder = default_cache_dir() / "logs"
     folder.mkdir(parents=True, exist_ok=True)
+    for old in sorted(folder.glob("*.log"), key=lambda p: p.stat().st_mtime)[: -KEEP + 1]:
+        old.unlink(missing_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     return folder / f"{command}-{stamp}-{os.getpid()}.log"
 

@@ -27,7 +27,8 @@ ENV_PREFIX, ENV_NESTED = "PRELABEL_", "__"
 _DEVICE = re.compile(r"auto|cpu|cuda(:(0|[1-9][0-9]*))?")
 
 
-def _default_cache_dir() -> Path:
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/prelabel``, ``~/.cache/prelabel`` by default."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "prelabel"
 
 
@@ -80,8 +81,9 @@ class RunConfig(BaseSettings):
     # What runs the forward: torch, or openvino (CPU only). auto: torch on CUDA; on a CPU the
     # faster of the two, timed on this machine once per model and kept in cache_dir.
     engine: Literal["auto", "torch", "openvino"] = "auto"
-    # Converted models and engine timings, kept between runs.
-    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    # Converted models and engine timings, kept between runs; None: the user cache folder of
+    # the machine that runs the shard (a deployment's workers have their own).
+    cache_dir: Path | None = None
     # Run the checkpoint's weights at this output stride (None: the one it was trained at).
     # 8 is a finer map for 2.6x the multiply-adds of 16 (ResNet-50); README has the figures.
     output_stride: Literal[8, 16, 32] | None = None

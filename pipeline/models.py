@@ -22,7 +22,7 @@ from deeplab.demo import DEMO_CHECKPOINT
 from deeplab.engines import Engine, EngineError, openvino_missing, timings
 from deeplab.files import write_atomic
 from deeplab.predictor import resolve_device
-from pipeline.config import RunConfig
+from pipeline.config import RunConfig, default_cache_dir
 from pipeline.errors import PrelabelError
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def load_predictor(config: RunConfig) -> deeplab.Predictor:
         config.compile,
         config.output_stride,
         config.engine,
-        config.cache_dir,
+        config.cache_dir or default_cache_dir(),
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -90,3 +92,11 @@ def assert_same_labels(out: Path, reference: Path) -> None:
     assert regions.equals(ref_regions)
     coco = (out / "exports" / "coco.json").read_bytes()
     assert coco == (reference / "exports" / "coco.json").read_bytes()
+
+
+def slow_reads(seconds: float) -> dict[str, str]:
+    """Environment for a prelabel process whose every local image read takes ``seconds``
+    longer (tests/slow_reads/sitecustomize.py): a run still at work when a test acts on it,
+    however fast the machine. Pass ``--workers 1`` too, so reads do not overlap."""
+    site = str(Path(__file__).parent / "slow_reads")
+    return {"SLOW_READ_SECONDS": str(seconds), "PYTHONPATH": os.pathsep.join([site, *sys.path])}

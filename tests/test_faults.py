@@ -25,7 +25,7 @@ from pipeline.config import RunConfig
 from pipeline.ledger import Ledger
 from pipeline.run_folder import RunLayout
 from pipeline.storage import storage_for
-from tests.helpers import TIMING, assert_same_labels, make_images
+from tests.helpers import TIMING, assert_same_labels, make_images, slow_reads
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -241,11 +241,14 @@ def test_a_signal_stops_the_run_in_seconds_and_the_rerun_resumes(
     process alone, as docker stop and Prefect workers send it."""
     out = tmp_path / "run"
     process = subprocess.Popen(
-        [sys.executable, "-m", "flows", "annotate", str(source[0]), "--out", str(out), *SETTINGS],
+        [
+            *(sys.executable, "-m", "flows", "annotate", str(source[0]), "--out", str(out)),
+            *(*SETTINGS, "--workers", "1"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(),
+        env=_env(**slow_reads(0.3)),
         start_new_session=True,
     )
     deadline = time.monotonic() + 300

@@ -19,7 +19,7 @@ import pytest
 from pipeline.lease import LeaseHeldError, LeaseInfo, LeaseLostError, holding, verify
 from pipeline.s3 import S3Storage
 from pipeline.storage import LocalStorage, Storage
-from tests.helpers import assert_same_labels, make_images
+from tests.helpers import assert_same_labels, make_images, slow_reads
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -161,9 +161,12 @@ def test_on_s3_a_lost_reply_does_not_lose_the_lease(
 # -- two real runs on one --out --------------------------------------------------------------
 
 
-def _annotate(source: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
+def _annotate(source: Path, out: Path, *extra: str, slow: bool = False) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PRELABEL_", "PREFECT_API"))}
     env |= {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "COLUMNS": "200"}
+    if slow:
+        env |= slow_reads(0.5)
+        extra = (*extra, "--workers", "1")
     return subprocess.Popen(
         [
             sys.executable,
@@ -201,7 +204,7 @@ def test_two_runs_on_one_folder_one_writes_the_other_is_refused_then_takes_over(
     assert finished.wait(timeout=300) == 0, finished.communicate()[1]
 
     out = tmp_path / "run"
-    writer = _annotate(source, out)
+    writer = _annotate(source, out, slow=True)
     deadline = time.monotonic() + 120
     while not (out / "images").exists():  # the writer holds the lease and has a shard down
         assert writer.poll() is None, writer.communicate()[1]
@@ -216,6 +219,7 @@ def test_two_runs_on_one_folder_one_writes_the_other_is_refused_then_takes_over(
     assert len(line) == 1 and f"{out} is being written by {socket.gethostname()} pid " in line[0]
     assert f"pid {writer.pid}," in line[0]
     refused_after = time.monotonic() - started
+    assert writer.poll() is None  # refused while the writer was still at work
 
     os.killpg(writer.pid, signal.SIGKILL)  # the writer dies holding the lease
     writer.communicate()
