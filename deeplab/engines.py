@@ -4,8 +4,8 @@
 compile). ``openvino`` runs the same weights converted once to an OpenVINO model, the fastest
 CPU path there is: on this project's 2-core AVX-512 machine its default (bfloat16) forward of
 the demo model took 48 ms at 480x640 against 85 ms for torch's bfloat16 autocast. Both take
-the same input, so normalization lives inside each engine and the Predictor around them does
-the rest (upsample, argmax, confidence) the same way.
+the same input, so normalization lives inside each engine; the Predictor decodes their logits
+(upsample, argmax, confidence), except where OpenVINO does that inside its own graph.
 """
 
 from __future__ import annotations
