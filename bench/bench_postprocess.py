@@ -4,7 +4,8 @@
 
 For each size, ``--maps`` class maps of smooth random blobs with ``--classes`` classes (the
 kind of fragments a segmentation model gives) go through:
-  1. prelabel's ``regions_from_class_map`` (components, holes, RLE from crops, fidelity gate);
+  1. prelabel's ``image_regions``, what a tracing worker runs (components, holes, RLE,
+     fidelity gate);
   2. a plain loop as a script would write it: per class ``findContours`` + per component a
      full-image mask through ``pycocotools.encode`` (no holes, no fidelity check);
   3. the bundled demo model's forward on an image of that size (the Predictor: forward,
@@ -29,7 +30,7 @@ from pycocotools import mask as mask_utils
 
 import deeplab
 from deeplab.demo import DEMO_CHECKPOINT
-from pipeline.regions import RegionPolicy, regions_from_class_map
+from pipeline.regions import RegionPolicy, image_regions
 
 
 def blobs(rng: np.random.Generator, size: int, classes: int) -> npt.NDArray[np.uint8]:
@@ -61,7 +62,7 @@ def regions_of(
     maps: list[npt.NDArray[np.uint8]], confidence: npt.NDArray[np.uint8], policy: RegionPolicy
 ) -> int:
     return sum(
-        len(regions_from_class_map(m, confidence, image_id="x", policy=policy)) for m in maps
+        len(image_regions(m, confidence, image_id="x", policy=policy).columns.rle) for m in maps
     )
 
 

@@ -2,8 +2,8 @@
 
 Tracing is Python work per region, so one thread holding the GIL cannot keep up with the
 model once images have hundreds of regions; processes use every core. The workers import
-numpy, OpenCV and pycocotools but never torch, so they start in well under a second, and a
-pool lives as long as the process that made it, across shards and runs.
+numpy, OpenCV, pycocotools and pyarrow but never torch, so they start in well under a
+second, and a pool lives as long as the process that made it, across shards and runs.
 
 The workers trace while the next batch is in the model. On a CPU, where the forward already
 uses every core, they run at the lowest priority (``yielding``): the model's threads are never
@@ -18,20 +18,23 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 
-from pipeline.regions import ImageRegions, RegionPolicy, image_regions
+from pipeline.regions import RegionPolicy, image_regions
+from pipeline.tables import regions_table
 from pipeline.uncertainty import ImageUncertainty, image_uncertainty
 
 
 @dataclass(frozen=True, slots=True)
 class Traced:
-    found: ImageRegions
+    rows: pa.Table  # the image's rows of the run's regions table
     doubt: ImageUncertainty
     milliseconds: float  # the tracing itself, in the worker
 
@@ -41,10 +44,14 @@ def trace(
     confidence: npt.NDArray[np.uint8],
     *,
     image_id: str,
+    lineage: str,
+    class_names: Sequence[str],
     policy: RegionPolicy,
     low_confidence: float,
 ) -> Traced:
-    """One image's regions and review figures; what a worker runs."""
+    """One image's rows of the regions table and its review figures; what a worker runs.
+    The rows travel back as Arrow buffers, and the process that owns the model only
+    concatenates them."""
     start = time.perf_counter()
     found = image_regions(
         class_map, confidence, image_id=image_id, policy=policy, low_confidence=low_confidence
@@ -52,7 +59,8 @@ def trace(
     doubt = image_uncertainty(
         class_map, confidence, low_confidence=low_confidence, fragments=found.fragments
     )
-    return Traced(found, doubt, (time.perf_counter() - start) * 1000)
+    rows = regions_table(found.columns, class_names, {image_id: lineage})
+    return Traced(rows, doubt, (time.perf_counter() - start) * 1000)
 
 
 def default_workers(device_type: str) -> int:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
 
 Ring = tuple[float, ...]
 """A closed ring as flat ``x0, y0, x1, y1, ...`` in pixel-corner coordinates (COCO's)."""
@@ -26,6 +30,88 @@ class Region:
     fidelity: float  # IoU of the polygons, re-rasterized, against the mask
     vertices: int  # points over all rings
     geometry: str  # "polygon" or "rle": what exporters write, decided by the fidelity gate
+
+
+@dataclass(frozen=True, slots=True)
+class RegionColumns:
+    """Regions as columns: what tracing hands to the regions table, with no Python object
+    per region or per coordinate. Polygons are flat x, y coordinates cut three ways:
+    ``coordinates[rings[i]:rings[i + 1]]`` is ring i, ``parts[j]:parts[j + 1]`` the rings of
+    part j (exterior first), ``polygons[k]:polygons[k + 1]`` the parts of region k."""
+
+    image_id: list[str]
+    class_id: list[int]
+    score: list[float]
+    low_confidence_share: list[float]
+    area: list[int]
+    bbox: list[tuple[int, int, int, int]]
+    rle: list[str]
+    fidelity: list[float]
+    vertices: list[int]
+    geometry: list[str]
+    coordinates: npt.NDArray[np.float32]
+    rings: npt.NDArray[np.int32]
+    parts: npt.NDArray[np.int32]
+    polygons: npt.NDArray[np.int32]
+
+    @classmethod
+    def of(cls, regions: Sequence[Region]) -> RegionColumns:
+        polygons = [polygon for region in regions for polygon in region.polygons]
+        rings = [ring for polygon in polygons for ring in polygon]
+        return cls(
+            image_id=[r.image_id for r in regions],
+            class_id=[r.class_id for r in regions],
+            score=[r.score for r in regions],
+            low_confidence_share=[r.low_confidence_share for r in regions],
+            area=[r.area for r in regions],
+            bbox=[r.bbox for r in regions],
+            rle=[r.rle for r in regions],
+            fidelity=[r.fidelity for r in regions],
+            vertices=[r.vertices for r in regions],
+            geometry=[r.geometry for r in regions],
+            coordinates=np.array([v for ring in rings for v in ring], np.float32),
+            rings=offsets([len(ring) for ring in rings]),
+            parts=offsets([len(polygon) for polygon in polygons]),
+            polygons=offsets([len(r.polygons) for r in regions]),
+        )
+
+    def regions(self) -> list[Region]:
+        coordinates = self.coordinates.astype(float).tolist()
+        rings = self.rings.tolist()
+        parts = self.parts.tolist()
+        polygons = self.polygons.tolist()
+        out = []
+        for k, image_id in enumerate(self.image_id):
+            shapes = tuple(
+                tuple(
+                    tuple(coordinates[rings[i] : rings[i + 1]])
+                    for i in range(parts[j], parts[j + 1])
+                )
+                for j in range(polygons[k], polygons[k + 1])
+            )
+            out.append(
+                Region(
+                    image_id=image_id,
+                    class_id=self.class_id[k],
+                    score=self.score[k],
+                    low_confidence_share=self.low_confidence_share[k],
+                    area=self.area[k],
+                    bbox=self.bbox[k],
+                    polygons=shapes,
+                    rle=self.rle[k],
+                    fidelity=self.fidelity[k],
+                    vertices=self.vertices[k],
+                    geometry=self.geometry[k],
+                )
+            )
+        return out
+
+
+def offsets(lengths: Sequence[int] | npt.NDArray[np.integer]) -> npt.NDArray[np.int32]:
+    """Where each of consecutive pieces of these lengths starts, and where the last ends."""
+    out = np.zeros(len(lengths) + 1, np.int32)
+    np.cumsum(lengths, out=out[1:])
+    return out
 
 
 @dataclass(frozen=True, slots=True)

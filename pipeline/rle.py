@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-from pycocotools import mask as mask_utils
 
-__all__ = ["rle_from_crop", "run_lengths_from_crop"]
+__all__ = ["compressed", "run_lengths_from_crop"]
 
 
 def run_lengths_from_crop(
@@ -41,9 +40,26 @@ def run_lengths_from_crop(
     return runs[:-1] if len(runs) > 1 and runs[-1] == 0 else runs
 
 
-def rle_from_crop(crop: npt.NDArray[np.bool_], *, x0: int, y0: int, height: int, width: int) -> str:
-    """Compressed COCO ``counts`` of a crop placed at (x0, y0), as ``pycocotools.encode`` gives."""
-    runs = run_lengths_from_crop(crop, x0=x0, y0=y0, height=height, width=width)
-    rle = mask_utils.frPyObjects({"size": [height, width], "counts": runs.tolist()}, height, width)
-    counts: bytes = rle["counts"]
-    return counts.decode("ascii")
+def compressed(counts: npt.NDArray[np.int64], heads: npt.NDArray[np.intp]) -> list[str]:
+    """COCO's compressed ``counts`` strings of many RLEs at once, as pycocotools writes them.
+
+    ``counts[heads[i]:heads[i + 1]]`` are RLE i's runs. Each run from the fourth on is
+    written as its difference from the run two before, as a signed number in 5-bit groups,
+    low first, each but the last with a continuation bit, offset into ASCII from 48.
+    """
+    lengths = np.diff(np.append(heads, len(counts)))
+    within = np.arange(len(counts)) - np.repeat(heads, lengths)
+    value = counts.astype(np.int64)
+    later = np.flatnonzero(within > 2)
+    value[later] -= counts[later - 2]
+    # Groups needed: the bits of the value and its sign bit, five at a time (frexp's
+    # exponent is the bit length, exactly, for integers under 2**53).
+    bits = np.frexp(np.where(value < 0, ~value, value).astype(np.float64))[1] + 1
+    width = np.maximum(1, -(-bits // 5))
+    owner = np.repeat(np.arange(len(value)), width)
+    group = np.arange(len(owner)) - np.repeat(np.cumsum(width) - width, width)
+    chars = (value[owner] >> (5 * group)) & 0x1F
+    chars |= (group < width[owner] - 1) << 5
+    text = (chars + 48).astype(np.uint8).tobytes().decode("ascii")
+    ends = np.cumsum(np.add.reduceat(width, heads)).tolist() if len(heads) else []
+    return [text[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]

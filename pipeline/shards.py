@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import cv2
+import pyarrow as pa
 import torch
 
 import deeplab
@@ -26,10 +27,10 @@ from pipeline.decode import DecodedImage, DecodeError, decode_image
 from pipeline.lease import verify as verify_lease
 from pipeline.models import batch_size_for, load_predictor
 from pipeline.postprocess import Traced, default_workers, trace, tracer
-from pipeline.records import ImageRecord, Region
+from pipeline.records import ImageRecord
 from pipeline.run_folder import RunLayout
 from pipeline.storage import ObjectInfo, StorageError, printable, storage_for
-from pipeline.tables import images_table, regions_table, stable_id, write_table
+from pipeline.tables import REGIONS_SCHEMA, images_table, stable_id, write_table
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -99,7 +100,7 @@ class _Loaded:
 
 @dataclass(slots=True)
 class _Outputs:
-    regions: list[Region] = field(default_factory=list)
+    regions: dict[str, pa.Table] = field(default_factory=dict)  # each image's rows, by id
     images: list[ImageRecord] = field(default_factory=list)
 
 
@@ -169,18 +170,14 @@ def process_shard(shard: Shard, config: RunConfig) -> ShardStats:
 
     # Batches follow image sizes, not names: order rows by key so outputs don't depend on it.
     out.images.sort(key=lambda r: r.key)
-    key_of = {r.image_id: r.key for r in out.images}
-    regions = sorted(out.regions, key=lambda r: key_of[r.image_id])  # stable: keeps region order
-    lineage = {
-        r.image_id: f"{r.content_hash}:{r.model_version}:{r.config_hash}" for r in out.images
-    }
+    regions = [out.regions[r.image_id] for r in out.images if r.image_id in out.regions]
     layout = RunLayout(storage_for(config.out, config), config.out)
     verify_lease(layout.storage, layout.lease, shard.lease)
     # Records first: the images file is what the ledger reads, so it must come last.
     write_table(
         layout.storage,
         layout.records(shard.shard_id),
-        regions_table(regions, predictor.meta.class_names, lineage),
+        pa.concat_tables(regions) if regions else REGIONS_SCHEMA.empty_table(),
     )
     write_table(layout.storage, layout.images(shard.shard_id), images_table(out.images))
     progress.shard_saved(len(out.images))
@@ -281,6 +278,8 @@ class _Labeler:
             prediction.class_map,
             prediction.confidence,
             image_id=row.image_id,
+            lineage=f"{row.content_hash}:{row.model_version}:{row.config_hash}",
+            class_names=self.predictor.meta.class_names,
             policy=self.config.regions,
             low_confidence=self.config.low_confidence,
         )
@@ -294,7 +293,7 @@ class _Labeler:
             self.out.images.append(
                 dataclasses.replace(
                     row,
-                    region_count=len(result.found.regions),
+                    region_count=result.rows.num_rows,
                     mean_confidence=doubt.mean_confidence,
                     low_confidence_share=doubt.low_confidence_share,
                     boundary_uncertainty=doubt.boundary_uncertainty,
@@ -303,7 +302,7 @@ class _Labeler:
                     regions_ms=result.milliseconds,
                 )
             )
-            self.out.regions += result.found.regions
+            self.out.regions[row.image_id] = result.rows
             progress.advanced(1)
 
 

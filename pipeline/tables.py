@@ -9,12 +9,16 @@ import dataclasses
 import hashlib
 import io
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.records import ImageRecord, Region
-from pipeline.storage import Storage
+from pipeline.records import ImageRecord, RegionColumns
+
+if TYPE_CHECKING:  # tracing workers build tables; they must not load storage (and torch)
+    from pipeline.storage import Storage
 
 REGIONS_SCHEMA = pa.schema(
     [
@@ -74,34 +78,46 @@ IMAGES_SCHEMA = pa.schema(
 
 
 def regions_table(
-    regions: Sequence[Region], class_names: Sequence[str], lineage: Mapping[str, str]
+    regions: RegionColumns, class_names: Sequence[str], lineage: Mapping[str, str]
 ) -> pa.Table:
     """``lineage`` maps each image id to what its labels derive from (content, model,
     config), so a region's id is the same on every rerun and differs when any of them does."""
     index: dict[str, int] = {}
-    rows = []
-    for region in regions:
-        position = index.get(region.image_id, 0)
-        index[region.image_id] = position + 1
-        rows.append(
-            {
-                "image_id": region.image_id,
-                "region_index": position,
-                "region_id": stable_id(region.image_id, lineage[region.image_id], str(position)),
-                "class_id": region.class_id,
-                "class_name": class_names[region.class_id],
-                "score": region.score,
-                "low_confidence_share": region.low_confidence_share,
-                "area": region.area,
-                "bbox": list(region.bbox),
-                "polygons": [[list(ring) for ring in polygon] for polygon in region.polygons],
-                "rle": region.rle,
-                "fidelity": region.fidelity,
-                "vertices": region.vertices,
-                "geometry": region.geometry,
-            }
-        )
-    return pa.Table.from_pylist(rows, schema=REGIONS_SCHEMA)
+    positions = []
+    for image_id in regions.image_id:
+        positions.append(index.get(image_id, 0))
+        index[image_id] = positions[-1] + 1
+    columns: dict[str, pa.Array | list[Any]] = {
+        "image_id": regions.image_id,
+        "region_index": positions,
+        "region_id": [
+            stable_id(image_id, lineage[image_id], str(position))
+            for image_id, position in zip(regions.image_id, positions, strict=True)
+        ],
+        "class_id": regions.class_id,
+        "class_name": [class_names[class_id] for class_id in regions.class_id],
+        "score": regions.score,
+        "low_confidence_share": regions.low_confidence_share,
+        "area": regions.area,
+        "bbox": pa.FixedSizeListArray.from_arrays(np.array(regions.bbox, np.int32).reshape(-1), 4),
+        "polygons": pa.ListArray.from_arrays(
+            regions.polygons,
+            pa.ListArray.from_arrays(
+                regions.parts, pa.ListArray.from_arrays(regions.rings, regions.coordinates)
+            ),
+        ),
+        "rle": regions.rle,
+        "fidelity": regions.fidelity,
+        "vertices": regions.vertices,
+        "geometry": regions.geometry,
+    }
+    return pa.Table.from_arrays(
+        [
+            column if isinstance(column, pa.Array) else pa.array(column, field.type)
+            for field, column in ((f, columns[f.name]) for f in REGIONS_SCHEMA)
+        ],
+        schema=REGIONS_SCHEMA,
+    )
 
 
 def stable_id(*parts: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.exporters import RunView, open_run
-from pipeline.records import ImageRecord
+from pipeline.records import ImageRecord, RegionColumns
 from pipeline.regions import RegionPolicy, regions_from_class_map
 from pipeline.run_folder import ModelInfo, RunLayout, RunManifest
 from pipeline.shards import image_id_for
@@ -50,7 +50,11 @@ def write_run(
         )
     images.sort(key=lambda r: r.key)
     lineage = {r.image_id: f"{r.content_hash}:v1:c1" for r in images}
-    write_table(layout.storage, layout.records(SHARD), regions_table(regions, class_names, lineage))
+    write_table(
+        layout.storage,
+        layout.records(SHARD),
+        regions_table(RegionColumns.of(regions), class_names, lineage),
+    )
     write_table(layout.storage, layout.images(SHARD), images_table(images))
     now = datetime.now(UTC)
     manifest = RunManifest(

@@ -11,6 +11,7 @@ import numpy as np
 
 from pipeline.postprocess import trace, tracer
 from pipeline.regions import RegionPolicy, image_regions
+from pipeline.tables import regions_table
 from pipeline.uncertainty import image_uncertainty
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,12 +28,21 @@ def test_a_worker_traces_what_this_process_traces() -> None:
     class_map = np.kron(coarse, np.ones((8, 8), np.uint8))  # blocks: parts, holes, touching
     confidence = rng.integers(0, 256, class_map.shape, dtype=np.uint8)
     policy = RegionPolicy(min_area=8, simplify_tolerance=1.5)
+    names = [f"class {i}" for i in range(4)]
     traced = tracer(1).submit(
-        trace, class_map, confidence, image_id="img", policy=policy, low_confidence=0.4
+        trace,
+        class_map,
+        confidence,
+        image_id="img",
+        lineage="content:model:config",
+        class_names=names,
+        policy=policy,
+        low_confidence=0.4,
     )
     result = traced.result(timeout=120)
     here = image_regions(class_map, confidence, image_id="img", policy=policy, low_confidence=0.4)
-    assert result.found == here and len(here.regions) > 5
+    expected = regions_table(here.columns, names, {"img": "content:model:config"})
+    assert result.rows.equals(expected) and len(here.regions) > 5
     assert result.doubt == image_uncertainty(
         class_map, confidence, low_confidence=0.4, fragments=here.fragments
     )

@@ -341,6 +341,23 @@ def test_holes_under_the_area_are_filled(below: int, filled: list[int]) -> None:
     assert len(found[0].polygons[0]) == 1 + 2 - len(filled)
 
 
+@pytest.mark.parametrize("instances", ["components", "semantic"])
+def test_a_filled_hole_stays_whole_around_an_island_in_it(instances: str) -> None:
+    """The island is part of the semantic region and its own region among components;
+    either way the filled ring covers the whole hole, island included, exactly once."""
+    class_map = np.zeros((9, 11), np.uint8)
+    class_map[1:8, 1:10] = 1
+    class_map[2:7, 2:9] = 0  # a 35 px hole
+    class_map[4, 5] = 1  # an island in it
+    found = regions(class_map, min_area=1, fill_holes_below=36, instances=instances)
+    filled = np.zeros_like(class_map, bool)
+    filled[1:8, 1:10] = True
+    assert found[0].area == 63 and found[0].bbox == (1, 1, 9, 7)
+    assert found[0].rle == coco_rle(filled)["counts"].decode("ascii")
+    np.testing.assert_array_equal(rasterize(found[0].polygons, 9, 11), filled)
+    assert [r.area for r in found[1:]] == ([1] if instances == "components" else [])
+
+
 def test_fidelity_gate_sends_unfaithful_polygons_to_rle() -> None:
     class_map = np.zeros((40, 40), np.uint8)
     rng = np.random.default_rng(3)

@@ -1,4 +1,4 @@
-"""Crop RLEs against pycocotools' own encoder on the full, Fortran-ordered mask."""
+"""RLEs from crops, compressed many at once, against pycocotools' encoder on the full mask."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from pycocotools import mask as mask_utils
 
-from pipeline.rle import rle_from_crop, run_lengths_from_crop
+from pipeline.rle import compressed, run_lengths_from_crop
 
 # pycocotools' decode predates NumPy 2's __array__(copy=...) and warns on every call.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -27,6 +27,12 @@ def encoded(full: np.ndarray) -> dict[str, Any]:
     """The reference: pycocotools on the whole mask, column-major as it requires."""
     rle: dict[str, Any] = mask_utils.encode(np.asfortranarray(full.astype(np.uint8)))
     return rle
+
+
+def rle_from_crop(crop: np.ndarray, *, x0: int, y0: int, height: int, width: int) -> str:
+    runs = run_lengths_from_crop(crop, x0=x0, y0=y0, height=height, width=width)
+    (counts,) = compressed(runs, np.array([0]))
+    return counts
 
 
 ONES_2X3 = np.ones((2, 3), bool)
@@ -100,4 +106,24 @@ def test_run_lengths_decode_to_the_placed_crop(case: tuple[np.ndarray, int, int,
 )
 def test_crop_outside_the_image_is_refused(x0: int, y0: int, shape: tuple[int, int]) -> None:
     with pytest.raises(ValueError, match="outside the 5x7 image"):
-        rle_from_crop(np.ones(shape, bool), x0=x0, y0=y0, height=7, width=5)
+        run_lengths_from_crop(np.ones(shape, bool), x0=x0, y0=y0, height=7, width=5)
+
+
+def test_many_rles_compress_at_once_as_pycocotools_writes_each() -> None:
+    """Large images give runs of several 5-bit groups and differences of both signs."""
+    rng = np.random.default_rng(0)
+    masks = []
+    for height, width in [(1, 1), (3, 2), (480, 640), (2000, 3000), (97, 131)]:
+        mask = np.zeros((height, width), np.uint8)
+        mask[rng.integers(0, height) :, rng.integers(0, width) :] = 1
+        mask &= rng.random((height, width)) < rng.uniform(0.5, 1)
+        masks.append(mask)
+    masks.append(np.ones((5, 7), np.uint8))
+    runs = [
+        run_lengths_from_crop(m.astype(bool), x0=0, y0=0, height=m.shape[0], width=m.shape[1])
+        for m in masks
+    ]
+    heads = np.cumsum([0] + [len(r) for r in runs[:-1]])
+    assert compressed(np.concatenate(runs), heads) == [
+        encoded(m)["counts"].decode("ascii") for m in masks
+    ]
