@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import orjson
+import pyarrow as pa
 from pycocotools import mask as mask_utils
 
 from pipeline.exporters.view import ExportOptions, RunView
@@ -48,10 +49,11 @@ def coco_from_view(view: RunView) -> dict[str, Any]:
     annotations: list[dict[str, Any]] = []
     # Polygons drawn as pycocotools draws them, grouped by image size: one call per size
     # measures them all (index in annotations, rings).
-    drawn: dict[tuple[int, int], list[tuple[int, list[list[float]]]]] = defaultdict(list)
-    for row in view.regions.select(_COLUMNS).to_pylist():
+    drawn: dict[tuple[int, int], list[tuple[int, list[Any]]]] = defaultdict(list)
+    shapes = _shapes(view.regions.column("polygons"))
+    for row, parts in zip(view.regions.select(_COLUMNS).to_pylist(), shapes, strict=True):
         image = images[row["image_id"]]
-        segmentation = coco_segmentation(row, height=image["height"], width=image["width"])
+        segmentation = _segmentation(row, parts, height=image["height"], width=image["width"])
         area, bbox = row["area"], [float(v) for v in row["bbox"]]
         if isinstance(segmentation, list) and row["fidelity"] < 1.0:
             drawn[image["height"], image["width"]].append((len(annotations), segmentation))
@@ -90,15 +92,31 @@ _COLUMNS = [
     "score",
     "area",
     "bbox",
-    "polygons",
     "rle",
     "fidelity",
     "geometry",
 ]
 
 
+def _shapes(column: pa.ChunkedArray) -> list[list[list[npt.NDArray[np.float32]]]]:
+    """Each region's parts, each part's rings as views into one flat array of coordinates:
+    tens of thousands of vertices per image, too many to turn into Python floats."""
+    regions = column.combine_chunks()
+    parts = regions.values
+    rings = parts.values
+    coordinates = rings.values.to_numpy()
+    region_at, part_at, ring_at = (a.offsets.to_numpy().tolist() for a in (regions, parts, rings))
+    return [
+        [
+            [coordinates[ring_at[i] : ring_at[i + 1]] for i in range(part_at[j], part_at[j + 1])]
+            for j in range(region_at[k], region_at[k + 1])
+        ]
+        for k in range(len(regions))
+    ]
+
+
 def _areas_and_boxes(
-    polygons: list[list[list[float]]], height: int, width: int
+    polygons: list[list[Any]], height: int, width: int
 ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.float64]]:
     """pycocotools' area and box of each polygon (its parts' union), as COCOeval's annToRLE
     computes them, in three calls for all of them instead of three per polygon."""
@@ -113,12 +131,14 @@ def _areas_and_boxes(
 
 def export_coco(view: RunView, options: ExportOptions) -> tuple[str, ...]:
     uri = view.layout.export("coco.json")
-    view.layout.storage.write_atomic(uri, orjson.dumps(coco_from_view(view)))
+    document = orjson.dumps(coco_from_view(view), option=orjson.OPT_SERIALIZE_NUMPY)
+    view.layout.storage.write_atomic(uri, document)
     return (uri,)
 
 
-def coco_segmentation(row: dict[str, Any], *, height: int, width: int) -> Any:
-    polygons = row["polygons"]
-    if row["geometry"] == "polygon" and all(len(polygon) == 1 for polygon in polygons):
-        return [list(polygon[0]) for polygon in polygons]
+def _segmentation(
+    row: dict[str, Any], parts: list[list[npt.NDArray[np.float32]]], *, height: int, width: int
+) -> Any:
+    if row["geometry"] == "polygon" and all(len(rings) == 1 for rings in parts):
+        return [rings[0] for rings in parts]
     return {"size": [height, width], "counts": row["rle"]}
