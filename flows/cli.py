@@ -11,6 +11,7 @@ import os
 import sys
 import time
 import traceback
+from importlib import metadata
 from typing import Annotated, Any, Literal
 
 import typer
@@ -60,11 +61,34 @@ from pipeline.storage import storage_for
 
 _FORMATS = ", ".join(EXPORTERS)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    # Plain help: the rich one labels every flag "<bool>" and hides "--x/--no-x".
+    rich_markup_mode=None,
+    help=(
+        "Pre-label a folder or bucket of images for semantic segmentation with DeepLabV3+, "
+        "then review the labels instead of drawing them.\n\n"
+        "Exit codes: 0 all done, 3 some images failed (listed), 2 could not start."
+    ),
+)
+
+
+def _version(asked: bool) -> None:
+    if asked:
+        typer.echo(f"prelabel {metadata.version('prelabel')}")
+        raise typer.Exit()
 
 
 @app.callback()
-def main() -> None:
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
     """Pre-label images for semantic segmentation with DeepLabV3+."""
 
 

@@ -22,7 +22,7 @@ from pipeline.models import load_predictor
 from pipeline.retry import retrying
 from pipeline.run_folder import ModelInfo, RunLayout, RunManifest, code_version
 from pipeline.shards import Shard, ShardStats, plan_shards, process_shard, shard_stats
-from pipeline.storage import ObjectInfo, storage_for
+from pipeline.storage import LocalStorage, ObjectInfo, storage_for
 
 _EXTENSIONS = ", ".join(sorted(IMAGE_EXTENSIONS))
 
@@ -114,12 +114,30 @@ def check_labels(config: RunConfig) -> None:
 
 @contextmanager
 def run_lease(config: RunConfig) -> Iterator[Lease]:
-    """Hold the run folder's lease: one run writes a folder at a time (``pipeline.lease``)."""
+    """Hold the run folder's lease: one run writes a folder at a time (``pipeline.lease``).
+    Local folders this made and left empty (the run was refused before writing anything)
+    are removed again."""
     layout = _layout(config)
-    if not held_here(layout.lease):  # else the holder checked it already
-        layout.storage.ensure_writable(config.out)
-    with holding(layout.storage, layout.lease, timeout=config.lease_timeout) as lease:
-        yield lease
+    made = _missing_folders(Path(config.out)) if isinstance(layout.storage, LocalStorage) else []
+    try:
+        if not held_here(layout.lease):  # else the holder checked it already
+            layout.storage.ensure_writable(config.out)
+        with holding(layout.storage, layout.lease, timeout=config.lease_timeout) as lease:
+            yield lease
+    finally:
+        for folder in made:  # deepest first; rmdir leaves any folder that holds something
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
 
 
 def plan_run(config: RunConfig, lease: str) -> RunPlan:
