@@ -56,6 +56,8 @@ from pipeline.exporters import (
     check_formats,
     open_run,
 )
+from pipeline.exporters.label_studio import check_image_urls
+from pipeline.exporters.view import recorded_formats
 from pipeline.retry import retrying
 from pipeline.storage import storage_for
 
@@ -187,31 +189,61 @@ def annotate(
 def export_command(
     run: Annotated[str, typer.Argument(help="A finished run folder.")],
     formats: Annotated[
-        list[str], typer.Option("--format", "-f", help=f"Format to write (repeat): {_FORMATS}.")
-    ],
+        list[str] | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help=f"Format to write (repeat): {_FORMATS}.",
+            show_default="the formats the run was made with, else coco",
+        ),
+    ] = None,
     ls_regions: Annotated[
         str, typer.Option(help="Label Studio results: polygon (brush where needed) or brush.")
     ] = "polygon",
     image_url_prefix: Annotated[
-        str | None, typer.Option(help="Label Studio image URL = prefix + key (else source URI).")
+        str | None, typer.Option(metavar="URL", help="Label Studio image URL = prefix + key.")
+    ] = None,
+    local_files_root: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DIR",
+            help="Label Studio image URL = /data/local-files/?d= + the image's path under DIR, "
+            "Label Studio's LOCAL_FILES_DOCUMENT_ROOT.",
+        ),
     ] = None,
     wkb: Annotated[bool, typer.Option("--wkb", help="parquet: add a WKB geometry column.")] = False,
 ) -> None:
-    """Write exports from a run's records; the model is not run again."""
+    """Write exports from a run's records; the model is not run again.
+
+    Label Studio tasks point at the images' source paths unless --image-url-prefix or
+    --local-files-root says where Label Studio finds them.
+    """
+    flags = {
+        "ls_regions": "--ls-regions",
+        "image_url_prefix": "--image-url-prefix",
+        "local_files_root": "--local-files-root",
+    }
     try:
         options = ExportOptions(
             ls_regions=ls_regions,
             image_url_prefix=image_url_prefix,
+            local_files_root=local_files_root,
             wkb=wkb,
         )
-        check_formats(formats)
-        written = exporters.export(open_run(run), formats, options)
+        chosen = tuple(formats) if formats else recorded_formats(run)
+        check_formats(chosen)
+        view = open_run(run)
+        # Before any format is written: a refused image URL leaves no export half-done.
+        notice = check_image_urls(view, options) if "label-studio" in chosen else None
+        written = exporters.export(view, chosen, options)
     except ValidationError as exc:
-        cannot_start("; ".join(describe(e) for e in exc.errors()))
+        cannot_start("; ".join(describe(e, flags) for e in exc.errors()))
     except PrelabelError as exc:
         cannot_start(str(exc))
     for uri in written:
         console.print(f"wrote {uri}", highlight=False, markup=False, soft_wrap=True)
+    if notice is not None:
+        console.print(f"note: {notice}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("deploy")

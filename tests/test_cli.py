@@ -102,11 +102,63 @@ def test_export_writes_formats_from_the_records(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("formats", "written"),
+    [
+        (["masks", "label-studio"], {"masks", "label-studio.json", "label-config.xml"}),
+        (None, {"coco.json"}),  # a run that recorded none
+    ],
+)
+def test_export_without_format_writes_the_formats_the_run_was_made_with(
+    tmp_path: Path, formats: list[str] | None, written: set[str]
+) -> None:
+    write_run(tmp_path / "run", {"a.png": np.zeros((4, 4), np.uint8)}, source="/srv/photos")
+    manifest = json.loads((tmp_path / "run" / "run.json").read_text())
+    if formats is not None:
+        manifest["config"]["exports"] = formats
+    (tmp_path / "run" / "run.json").write_text(json.dumps(manifest))
+    result = _run("export", str(tmp_path / "run"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in (tmp_path / "run" / "exports").iterdir()} == written
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+    if "label-studio.json" in written:  # tasks that point at /srv/photos/a.png: said once
+        (note,) = notes
+        assert "/srv/photos/a.png" in note
+        assert "--image-url-prefix" in note and "--local-files-root" in note
+    else:
+        assert not notes
+
+
+def test_export_local_files_urls_are_under_the_root_given(tmp_path: Path) -> None:
+    write_run(
+        tmp_path / "run", {"a b.png": np.zeros((4, 4), np.uint8)}, source=str(tmp_path / "pics")
+    )
+    args = ("export", str(tmp_path / "run"), "-f", "label-studio", "--local-files-root", ".")
+    result = _run(*args, cwd=tmp_path)  # a relative root: from where the command runs
+    assert result.returncode == 0, result.stderr
+    assert "note:" not in result.stderr
+    (task,) = json.loads((tmp_path / "run" / "exports" / "label-studio.json").read_text())
+    assert task["data"]["image"] == "/data/local-files/?d=pics/a%20b.png"
+
+
+@pytest.mark.parametrize(
     ("args", "reason"),
     [
         (["export", "{tmp}/run", "--format", "pdf"], "unknown export format 'pdf'"),
         (["export", "{tmp}", "--format", "coco"], "not a finished run folder"),
         (["annotate", "{tmp}/in", "--out", "{tmp}/x", "--export", "pdf"], "unknown export"),
+        (
+            ["export", "{tmp}/run", "-f", "coco", "-f", "label-studio", "--local-files-root", "/x"],
+            "--local-files-root /x: image /data/images/a.png is not under it",
+        ),
+        (
+            ["export", "{tmp}/run", "--local-files-root", "s3://b/p"],
+            "--local-files-root 's3://b/p': give the local folder",
+        ),
+        (
+            ["export", "{tmp}/run", "--image-url-prefix", "http://x/", "--local-files-root", "/"],
+            "--image-url-prefix and --local-files-root both given",
+        ),
+        (["export", "{tmp}/run", "--ls-regions", "poly"], "--ls-regions 'poly': Input should be"),
     ],
 )
 def test_export_mistakes_say_why_exit_2(tmp_path: Path, args: list[str], reason: str) -> None:
@@ -117,3 +169,10 @@ def test_export_mistakes_say_why_exit_2(tmp_path: Path, args: list[str], reason:
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and reason in lines[0], result.stderr
+    assert not (tmp_path / "run" / "exports").exists()  # refused before any format is written
+
+
+def test_export_help_shows_the_default_formats(tmp_path: Path) -> None:
+    result = _run("export", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "the formats the run was made with, else coco" in " ".join(result.stdout.split())

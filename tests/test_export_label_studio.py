@@ -10,6 +10,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import posixpath
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -17,18 +19,24 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
+from pydantic import ValidationError
 
 from deeplab.scenes import scenes
 from pipeline.annotate import annotate
 from pipeline.config import RunConfig
-from pipeline.exporters import ExportOptions, RunView, open_run
-from pipeline.exporters.label_studio import brush_rle, export_label_studio, label_config
+from pipeline.exporters import ExportError, ExportOptions, RunView, open_run
+from pipeline.exporters.label_studio import (
+    brush_rle,
+    check_image_urls,
+    export_label_studio,
+    label_config,
+)
 from pipeline.regions import RegionPolicy
 from tests.helpers import iou, rasterize
 from tests.runs import write_run
@@ -115,6 +123,100 @@ def test_image_url_prefix_takes_the_quoted_key(view: RunView) -> None:
         assert (parts.query, parts.fragment) == ("", "")  # "#" in the key stays in the path
         assert unquote(parts.path) == "/bucket/" + key
         assert ref[len(prefix) :].count("/") == key.count("/")
+
+
+def _served_path(url: str, document_root: str) -> str:
+    """The file Label Studio serves for ``url`` (core.views.localfiles_data): the ``d`` query
+    parameter, decoded as Django decodes a query string, normalised and joined to
+    LOCAL_FILES_DOCUMENT_ROOT."""
+    parts = urlsplit(url)
+    assert (parts.scheme, parts.netloc, parts.path, parts.fragment) == ("", "", LS_FILES, "")
+    query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=True)
+    assert list(query) == ["d"] and len(query["d"]) == 1
+    return posixpath.join(document_root, posixpath.normpath(query["d"][0]).lstrip("/"))
+
+
+LS_FILES = "/data/local-files/"  # Label Studio's route for files under its document root
+
+
+def test_local_files_urls_are_what_label_studio_serves(tmp_path: Path) -> None:
+    source = tmp_path / "photos"
+    keys = ["plain.png", "sub dir/a+b&c=d%25e?#1.png", "ünï/名前.png"]
+    maps = {key: np.ones((4, 5), np.uint8) for key in keys}
+    view = write_run(tmp_path / "run", maps, source=str(source))
+    tasks, _ = _export(view, local_files_root=str(tmp_path))
+    uris = {row["key"]: row["uri"] for row in view.images.to_pylist()}
+    for task in tasks:
+        assert _served_path(task["data"]["image"], str(tmp_path)) == uris[task["data"]["key"]]
+    by_key = {task["data"]["key"]: task["data"]["image"] for task in tasks}
+    # As Label Studio's local files storage writes it: quote() of the path under the root.
+    assert by_key["plain.png"] == "/data/local-files/?d=photos/plain.png"
+    assert (
+        by_key["ünï/名前.png"] == "/data/local-files/?d=photos/%C3%BCn%C3%AF/%E5%90%8D%E5%89%8D.png"
+    )
+
+
+def test_local_files_root_is_a_folder_compared_by_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    view = write_run(tmp_path / "run", {"a.png": np.ones((3, 3), np.uint8)}, source="/srv/photos")
+    (task,), _ = _export(view, local_files_root="/")
+    assert task["data"]["image"] == "/data/local-files/?d=srv/photos/a.png"
+    (task,), _ = _export(view, local_files_root="/srv/other/../photos/")
+    assert task["data"]["image"] == "/data/local-files/?d=a.png"
+    monkeypatch.chdir(tmp_path)  # a relative root is taken from where the command runs
+    assert ExportOptions(local_files_root="x/../photos/").local_files_root == str(
+        tmp_path / "photos"
+    )
+
+
+@pytest.mark.parametrize("root", ["/srv/photo", "/srv/photos/a.png/x", "/elsewhere"])
+def test_an_image_outside_the_local_files_root_is_refused(tmp_path: Path, root: str) -> None:
+    view = write_run(tmp_path / "run", {"a.png": np.ones((3, 3), np.uint8)}, source="/srv/photos")
+    options = ExportOptions(local_files_root=root)
+    with pytest.raises(ExportError) as refused:
+        check_image_urls(view, options)
+    message = str(refused.value)
+    assert f"--local-files-root {root}: image /srv/photos/a.png is not under it" in message
+    assert "LOCAL_FILES_DOCUMENT_ROOT" in message and "\n" not in message
+    with pytest.raises(ExportError):
+        export_label_studio(view, options)
+
+
+def test_a_s3_source_is_refused_in_local_files_mode(tmp_path: Path) -> None:
+    view = write_run(tmp_path / "run", {"a.png": np.ones((3, 3), np.uint8)}, source="s3://b/p")
+    with pytest.raises(ExportError, match=re.escape("image s3://b/p/a.png is not under it")):
+        check_image_urls(view, ExportOptions(local_files_root="/"))
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"local_files_root": "s3://bucket/photos"}, "not a URL"),
+        (
+            {"local_files_root": "/srv", "image_url_prefix": "https://x/"},
+            "image_url_prefix and local_files_root both given",
+        ),
+    ],
+)
+def test_image_url_options_that_cannot_work_are_refused(
+    options: dict[str, str], error: str
+) -> None:
+    with pytest.raises(ValidationError, match=error):
+        ExportOptions(**options)
+
+
+def test_local_paths_get_a_notice_naming_the_flags_that_change_them(tmp_path: Path) -> None:
+    maps = {key: np.ones((3, 3), np.uint8) for key in ("a.png", "b.png")}
+    local = write_run(tmp_path / "local", maps, source="/srv/photos")
+    notice = check_image_urls(local, ExportOptions())
+    assert notice is not None and "\n" not in notice
+    assert "absolute local paths (/srv/photos/a.png and 1 more)" in notice
+    assert "--image-url-prefix" in notice and "--local-files-root" in notice
+    assert check_image_urls(local, ExportOptions(image_url_prefix="https://x/")) is None
+    assert check_image_urls(local, ExportOptions(local_files_root="/srv")) is None
+    bucket = write_run(tmp_path / "bucket", maps, source="s3://b/photos")
+    assert check_image_urls(bucket, ExportOptions()) is None
 
 
 def test_polygons_in_percent_reproduce_their_regions_and_the_rest_are_brush(

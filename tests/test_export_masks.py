@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import csv
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -120,7 +120,7 @@ def test_images_sharing_a_name_get_distinct_masks(tmp_path: Path) -> None:
         "a.jpg": np.ones((4, 4), np.uint8),
         "a.png": np.full((4, 4), 2, np.uint8),
         "A.tif": np.full((4, 4), 3, np.uint8),  # the same file on a case-insensitive disk
-        "a:b.png": np.full((2, 2), 4, np.uint8),  # ':' is made safe ...
+        "a\nb.png": np.full((2, 2), 4, np.uint8),  # a line break is rewritten ...
         "a_b.png": np.full((2, 3), 1, np.uint8),  # ... into this one's name
         "c.jpg": np.full((5, 5), 1, np.uint8),
     }
@@ -130,9 +130,73 @@ def test_images_sharing_a_name_get_distinct_masks(tmp_path: Path) -> None:
     assert len({row["mask"].casefold() for row in index.values()}) == len(maps)
     assert index["c.jpg"]["mask"] == "SegmentationClass/c.png"  # alone with its name: unchanged
     assert index["a.jpg"]["mask"] == f"SegmentationClass/a.{index['a.jpg']['image_id']}.png"
+    assert index["a_b.png"]["mask"] == f"SegmentationClass/a_b.{index['a_b.png']['image_id']}.png"
     for key, class_map in maps.items():
         with Image.open(root / index[key]["mask"]) as image:
             np.testing.assert_array_equal(np.asarray(image), class_map)
+
+
+# Names a Linux file system and S3 hold, which Windows would refuse or read as folders.
+KEPT_KEYS = [
+    "a<1>.jpg",
+    'q:"x"|y?*.png',
+    "sub dir/b\\c.jpg",
+    "tab\there.png",
+    "ünï/çödé 名前.jpg",
+    ".../dots.png",
+    "lead/ trailing .jpg",
+]
+
+
+def test_names_are_kept_so_tools_pair_masks_with_images_by_name(tmp_path: Path) -> None:
+    """As FiftyOne's and Datumaro's importers pair them on Linux: a mask belongs to the image
+    whose path, extension aside, is the mask's path under SegmentationClass."""
+    maps = {key: np.full((3, 4), n % 4 + 1, np.uint8) for n, key in enumerate(KEPT_KEYS)}
+    root = exported(write_run(tmp_path / "run", maps))
+    classes = root / "SegmentationClass"
+    masks = {p.relative_to(classes).with_suffix("").as_posix(): p for p in classes.rglob("*.png")}
+    stems = {PurePosixPath(key).with_suffix("").as_posix(): key for key in maps}
+    assert masks.keys() == stems.keys()
+    for stem, key in stems.items():
+        with Image.open(masks[stem]) as image:
+            np.testing.assert_array_equal(np.asarray(image), maps[key])
+    index = read_index(root)
+    assert {key: row["mask"] for key, row in index.items()} == {
+        key: f"SegmentationClass/{stem}.png" for stem, key in stems.items()
+    }
+    names = (root / "ImageSets/Segmentation/default.txt").read_text().split("\n")
+    assert names == [PurePosixPath(key).with_suffix("").as_posix() for key in sorted(maps)] + [""]
+
+
+def test_names_too_long_for_the_file_system_are_cut_and_recorded(tmp_path: Path) -> None:
+    """Keys from S3, whose names may be longer than a file system holds, and local ones at
+    the limit: each mask is written, read back through index.csv, and no longer than a name
+    may be on the disk written (its temporary file included)."""
+    maps = {
+        "k" * 233 + ".jpg": np.full((2, 2), 1, np.uint8),  # the longest name kept as it is
+        "l" * 234 + ".jpg": np.full((2, 3), 2, np.uint8),
+        "é" * 120 + ".png": np.full((3, 2), 3, np.uint8),  # 240 bytes, cut between characters
+        "m" * 240 + "1.jpg": np.full((3, 3), 4, np.uint8),  # these two share what is kept ...
+        "m" * 240 + "2.jpg": np.full((4, 2), 1, np.uint8),  # ... and get their image ids
+        "f" * 300 + "/a.jpg": np.full((2, 4), 2, np.uint8),  # a folder S3 holds and disks do not
+    }
+    root = exported(write_run(tmp_path / "run", maps))
+    name_max = os.pathconf(root, "PC_NAME_MAX")
+    index = read_index(root)
+    assert index["k" * 233 + ".jpg"]["mask"] == "SegmentationClass/" + "k" * 233 + ".png"
+    assert len({row["mask"] for row in index.values()}) == len(maps)
+    for key, class_map in maps.items():
+        mask = root / index[key]["mask"]
+        parts = mask.relative_to(root).parts
+        # write_atomic's temporary file: ".<name>.<12 hex>.tmp" beside it
+        assert all(len(part.encode()) <= name_max for part in parts[:-1])
+        assert len(parts[-1].encode()) + 18 <= name_max
+        assert key[:100] == mask.relative_to(root / "SegmentationClass").as_posix()[:100]
+        with Image.open(mask) as image:
+            np.testing.assert_array_equal(np.asarray(image), class_map)
+    for key in ("m" * 240 + "1.jpg", "m" * 240 + "2.jpg"):
+        assert index[key]["mask"].endswith(f".{index[key]['image_id']}.png")
+    assert "é" * 116 + ".png" in index["é" * 120 + ".png"]["mask"]
 
 
 HOSTILE_KEYS = [
@@ -280,13 +344,17 @@ def test_bad_counts_are_refused(counts: str) -> None:
         ("./dot/./a.jpg", "dot/a"),  # '.' folders go
         ("a//b.jpg", "a/b"),  # so do empty ones
         ("../a.jpg", "__/a"),  # '..' stays a folder, but a harmless one
-        ("..\\a.jpg", "__/a"),  # backslashes separate too
         ("/abs.jpg", "abs"),  # absolute becomes relative
-        ("C:\\x.jpg", "C_/x"),
         ("..jpg", "_"),  # a name that would be '.'
+        ("...jpg", "__"),  # or '..'
         ("sub/", "sub/_"),  # no name at all
         (".hidden", ".hidden"),  # a leading dot is not an extension
-        ('t\x00a\tb<>:"|?*.png', "t_a_b_______"),
+        # What POSIX and S3 take stays, Windows' reserved characters and backslashes too ...
+        ('a<b>:c"|?*\\d\te.png', 'a<b>:c"|?*\\d\te'),
+        ("..\\a.jpg", "..\\a"),  # one name, not a folder: no way up
+        (".../é ü.jpg", ".../é ü"),
+        # ... NUL and line breaks do not.
+        ("t\x00a\nb\rc\u2028d.png", "t_a_b_c_d"),
     ],
 )
 def test_mask_name(key: str, name: str) -> None:

@@ -11,13 +11,20 @@ dropped or filled in. Brush masks are in Label Studio's own RLE, not COCO's. Res
 derive from region ids, ``<region_id>`` for a brush mask and ``<region_id>-<part>`` for each
 polygon part, so a later pull can match reviewed results to regions; the task's ``data``
 carries the image id and key for the same reason.
+
+A task's image is the source URI unless ``image_url_prefix`` (prefix + quoted key) or
+``local_files_root`` is given: then it is the URL Label Studio's local files storage writes
+and serves, ``/data/local-files/?d=`` + the path relative to its LOCAL_FILES_DOCUMENT_ROOT.
+A local source URI is an absolute path only a browser on this machine can open.
 """
 
 from __future__ import annotations
 
+import posixpath
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
@@ -26,12 +33,21 @@ import numpy.typing as npt
 import orjson
 
 from pipeline.exporters.class_maps import class_colours, region_crop
-from pipeline.exporters.view import ExportOptions, RunView
+from pipeline.exporters.view import ExportError, ExportOptions, RunView
 from pipeline.rle import run_lengths_from_crop
 
-__all__ = ["brush_rle", "export_label_studio", "label_config", "label_studio_tasks"]
+__all__ = [
+    "brush_rle",
+    "check_image_urls",
+    "export_label_studio",
+    "label_config",
+    "label_studio_tasks",
+]
 
 IMAGE, POLYGON, BRUSH = "image", "polygon", "brush"  # tag names in the config and results
+# Where Label Studio serves a file under LOCAL_FILES_DOCUMENT_ROOT; what follows is its path
+# relative to that root, quoted (its LocalFilesImportStorage.get_data and localfiles_data).
+LOCAL_FILES_URL = "/data/local-files/?d="
 
 # Label Studio's brush RLE (thi.ng rle-pack): 8-bit words and four run-length field widths.
 _WORD_BITS = 8
@@ -191,8 +207,41 @@ def _rounded(score: float | None) -> float | None:
     return None if score is None else round(score, 4)
 
 
+def check_image_urls(view: RunView, options: ExportOptions) -> str | None:
+    """Every task's image URL, made before any export is written, so that an image outside
+    ``local_files_root`` is refused (``ExportError``) with nothing half-done. Returns a line
+    for the user where the tasks would point at local paths, which only this machine opens."""
+    refs = [_image_ref(image, options) for image in view.ok_images()]
+    if options.image_url_prefix is not None or options.local_files_root is not None:
+        return None
+    local = [ref for ref in refs if "://" not in ref]
+    if not local:
+        return None
+    return (
+        f"label-studio tasks point at absolute local paths ({local[0]}"
+        + (f" and {len(local) - 1} more" if len(local) > 1 else "")
+        + ") that only a browser on this machine can open; give --image-url-prefix URL "
+        "for images served elsewhere, or --local-files-root DIR for Label Studio's local files"
+    )
+
+
 def _image_ref(image: dict[str, Any], options: ExportOptions) -> str:
+    uri = str(image["uri"])
+    if options.local_files_root is not None:
+        return _local_files_url(uri, options.local_files_root)
     if options.image_url_prefix is None:
-        return str(image["uri"])
+        return uri
     key = "/".join(quote(segment, safe="") for segment in str(image["key"]).split("/"))
     return options.image_url_prefix + key
+
+
+def _local_files_url(uri: str, root: str) -> str:
+    """Compared as paths, as Label Studio does (no symbolic link is followed)."""
+    try:
+        relative = PurePosixPath(posixpath.normpath(uri)).relative_to(root)
+    except ValueError:
+        raise ExportError(
+            f"--local-files-root {root}: image {uri} is not under it; give the folder Label "
+            "Studio serves local files from (LOCAL_FILES_DOCUMENT_ROOT), one holding every image"
+        ) from None
+    return LOCAL_FILES_URL + quote(relative.as_posix())

@@ -8,11 +8,14 @@ Under ``exports/masks/``:
 - ``ImageSets/Segmentation/default.txt``: one mask name per line;
 - ``index.csv``: ``key,image_id,mask``, which mask belongs to which image.
 
-A mask's name is its image's key without the extension, so tools pair them by name
-(``sub/a.jpg`` -> ``SegmentationClass/sub/a.png``). Keys that would share a name (``a.jpg`` and
-``a.png``, names differing only in case, or in characters replaced for safety) all get their image
-id appended (``a.<image_id>.png``), so that no name depends on which of them sorts first. Pixels
-come from the regions' RLE; where regions overlap (hole filling allows it), the later one wins.
+A mask's name is its image's key without the extension, kept as it is so that tools pair them
+by name (``sub/a<1>.jpg`` -> ``SegmentationClass/sub/a<1>.png``): POSIX file systems and S3 take
+any character but '/' and NUL. Only a name that cannot be written or listed is rewritten (NUL
+and line breaks become '_', a '..' folder '__', a name over 255 bytes is cut), and ``index.csv``
+says which mask each key got. Keys that would share a name (``a.jpg`` and ``a.png``, names
+differing only in case, or a rewritten name and a kept one) all get their image id appended
+(``a.<image_id>.png``), so that no name depends on which of them sorts first. Pixels come from
+the regions' RLE; where regions overlap (hole filling allows it), the later one wins.
 Failed images get no mask.
 """
 
@@ -36,7 +39,13 @@ MASKS = "masks"
 CLASSES_FOLDER = "SegmentationClass"
 IMAGE_SET = ("ImageSets", "Segmentation", "default.txt")
 
-_UNSAFE = re.compile(r'[\x00-\x1f\x7f<>:"|?*]')  # control characters and what Windows refuses
+# What no name can hold: NUL, which no file system takes, line breaks (default.txt has a name a
+# line; these are where str.splitlines splits) and lone surrogates, which are not UTF-8.
+_UNWRITABLE = re.compile(r"[\x00\n\r\v\f\x1c-\x1e\x85\u2028\u2029\ud800-\udfff]")
+_NAME_MAX = 255  # bytes in a file or folder name (ext4, XFS, Btrfs, ZFS, APFS)
+# A mask is written through ".<stem>.png.<12 hex>.tmp" (deeplab.files.write_atomic): the stem,
+# an image id included where one is appended, gets what that leaves of a name.
+_STEM_MAX = _NAME_MAX - len("..png..tmp") - 12
 _LABELMAP_UNSAFE = re.compile(r"[:\r\n]|^#|^\s|\s$")  # separators, comments, stripped blanks
 
 
@@ -76,16 +85,18 @@ def export_masks(view: RunView, options: ExportOptions) -> tuple[str, ...]:
 
 
 def mask_name(key: str) -> str:
-    """``key`` without its extension, made a relative '/'-separated path that stays in its folder.
+    """``key`` without its extension, as a relative '/'-separated path that stays in its folder.
 
-    Split at both kinds of slash; empty and '.' folders go, other all-dot segments ('..') and an
-    empty name become underscores, as do control characters and what Windows refuses in names.
+    Kept as it is where a file system can hold it. Empty and '.' folders go (the same path);
+    '..' and a name that is empty, '.' or '..' become underscores, so do NUL and line breaks;
+    a name too long for the file system is cut. A backslash is a character like any other.
     """
-    *folders, last = re.split(r"[/\\]", key)
+    *folders, last = key.split("/")
     stem, dot, _ = last.rpartition(".")
     segments = [s for s in folders if s not in ("", ".")] + [stem if dot and stem else last]
-    safe = [_UNSAFE.sub("_", s) for s in segments]
-    return "/".join(s if s.strip(".") else "_" * max(len(s), 1) for s in safe)
+    safe = [_UNWRITABLE.sub("_", s) for s in segments]
+    *kept, name = ("_" * max(len(s), 1) if s in ("", ".", "..") else s for s in safe)
+    return "/".join([*(_cut(s, _NAME_MAX) for s in kept), _cut(name, _STEM_MAX)])
 
 
 def mask_names(images: Sequence[dict[str, Any]]) -> dict[str, str]:
@@ -93,7 +104,7 @@ def mask_names(images: Sequence[dict[str, Any]]) -> dict[str, str]:
     names = {row["image_id"]: mask_name(row["key"]) for row in images}
     uses = Counter(name.casefold() for name in names.values())
     unique = {
-        image_id: name if uses[name.casefold()] == 1 else f"{name}.{image_id}"
+        image_id: name if uses[name.casefold()] == 1 else _with_id(name, image_id)
         for image_id, name in names.items()
     }
     files = {f"{name}.png".casefold() for name in unique.values()}
@@ -105,6 +116,17 @@ def mask_names(images: Sequence[dict[str, Any]]) -> dict[str, str]:
     if len(files) != len(unique) or files & folders:
         raise ExportError(f"mask names collide even with image ids added: {sorted(files)[:5]}")
     return unique
+
+
+def _with_id(name: str, image_id: str) -> str:
+    """``name.<image_id>``, the name cut where the two would not fit a file name."""
+    folder, slash, stem = name.rpartition("/")
+    return f"{folder}{slash}{_cut(stem, _STEM_MAX - len(image_id) - 1)}.{image_id}"
+
+
+def _cut(segment: str, limit: int) -> str:
+    """At most ``limit`` bytes of UTF-8, cut between characters."""
+    return segment.encode()[:limit].decode(errors="ignore")
 
 
 def png_of(class_map: npt.NDArray[np.uint8], palette: bytes) -> bytes:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from pipeline.errors import PrelabelError
 from pipeline.ledger import DamagedShardError, Ledger
@@ -26,8 +29,33 @@ class ExportOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     ls_regions: Literal["polygon", "brush"] = "polygon"  # Label Studio result type
-    image_url_prefix: str | None = None  # Label Studio image = prefix + key; else the source URI
+    # Label Studio's image URL: prefix + key; or /data/local-files/?d= + the path under this
+    # folder, Label Studio's LOCAL_FILES_DOCUMENT_ROOT; neither: the source URI.
+    image_url_prefix: str | None = None
+    local_files_root: str | None = None
     wkb: bool = False  # parquet: add a WKB geometry column with GeoParquet metadata
+
+    @field_validator("local_files_root")
+    @classmethod
+    def _local_folder(cls, value: str | None) -> str | None:
+        """Absolute and normalised as Label Studio joins it, so that paths compare as there."""
+        if value is None:
+            return None
+        if "://" in value:
+            raise ValueError("give the local folder Label Studio serves files from, not a URL")
+        return posixpath.normpath(Path(value).expanduser().absolute())
+
+    @model_validator(mode="after")
+    def _one_url_kind(self) -> ExportOptions:
+        """Worded with the field names, listed in ``fields``, so that a command line names
+        its flags (flows.cli_common.describe)."""
+        if self.image_url_prefix is not None and self.local_files_root is not None:
+            raise PydanticCustomError(
+                "two_image_url_kinds",
+                "image_url_prefix and local_files_root both given; image URLs take one of them",
+                {"fields": ("image_url_prefix", "local_files_root")},
+            )
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +87,23 @@ def view_of(layout: RunLayout, model: ModelInfo, background: int | None) -> RunV
 
 def open_run(out: str) -> RunView:
     """A finished run folder, as ``annotate`` left it."""
+    layout, manifest = _finished(out)
+    regions = manifest.config.get("regions")
+    background = regions.get("background", 0) if isinstance(regions, dict) else 0
+    return view_of(layout, manifest.model, background if isinstance(background, int) else None)
+
+
+def recorded_formats(out: str) -> tuple[str, ...]:
+    """The formats a finished run was made to write (its config's ``exports``), so that a plain
+    ``prelabel export RUN`` writes them again; coco where it recorded none."""
+    _, manifest = _finished(out)
+    formats = manifest.config.get("exports")
+    if isinstance(formats, list) and formats and all(isinstance(f, str) for f in formats):
+        return tuple(str(f) for f in formats)
+    return ("coco",)
+
+
+def _finished(out: str) -> tuple[RunLayout, RunManifest]:
     layout = RunLayout(storage_for(out), out)
     try:
         manifest = RunManifest.model_validate_json(layout.storage.read(layout.manifest))
@@ -66,9 +111,7 @@ def open_run(out: str) -> RunView:
         raise ExportError(f"{out}: not a finished run folder (no run.json)") from exc
     except ValidationError as exc:
         raise ExportError(f"{layout.manifest}: not a prelabel run manifest") from exc
-    regions = manifest.config.get("regions")
-    background = regions.get("background", 0) if isinstance(regions, dict) else 0
-    return view_of(layout, manifest.model, background if isinstance(background, int) else None)
+    return layout, manifest
 
 
 def check_label_map(view: RunView) -> None:
