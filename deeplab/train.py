@@ -40,7 +40,7 @@ class TrainConfig:
 @dataclass(frozen=True, slots=True)
 class StepLog:
     step: int
-    loss: float  # mean over the steps since the previous log
+    loss: float  # mean over the steps since the previous log, this one included
     lr: float
     seconds: float  # wall time since training started
 
@@ -59,9 +59,14 @@ def train(
     config: TrainConfig,
     *,
     device: torch.device,
-    on_log: Callable[[StepLog], None] | None = None,
+    on_step: Callable[[StepLog], None] | None = None,
 ) -> list[StepLog]:
-    """Train ``model`` in place for ``config.steps`` batches; returns the loss log."""
+    """Train ``model`` in place for ``config.steps`` batches; returns the loss log, an entry
+    every ``config.log_every`` steps and one for the last.
+
+    ``on_step`` hears every step, not only the logged ones, so that progress and time estimates
+    stay current when a step takes seconds; its loss is the mean since the last log entry.
+    """
     model.train().to(device).to(memory_format=torch.channels_last)
     normalize = Normalizer(meta, device)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
@@ -95,9 +100,9 @@ def train(
         optimizer.step()
         schedule.step()
         running, since = running + float(loss.detach()), since + 1
+        lr = float(schedule.get_last_lr()[0])
+        entry = StepLog(step + 1, running / since, lr, time.perf_counter() - start)
         if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-            lr = float(schedule.get_last_lr()[0])
-            entry = StepLog(step + 1, running / since, lr, time.perf_counter() - start)
             logs.append(entry)
             log.info(
                 "step %d/%d loss %.4f lr %.2e %.0fs",
@@ -107,7 +112,7 @@ def train(
                 entry.lr,
                 entry.seconds,
             )
-            if on_log is not None:
-                on_log(entry)
             running, since = 0.0, 0
+        if on_step is not None:
+            on_step(entry)
     return logs

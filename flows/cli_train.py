@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Annotated, Any
 
@@ -15,7 +16,15 @@ from deeplab import CheckpointError
 from deeplab.train import StepLog
 from flows.cli_common import cannot_start, console, describe
 from pipeline.errors import PrelabelError
-from pipeline.finetune import FinetuneConfig, FinetuneError, FinetuneResult, finetune
+from pipeline.finetune import (
+    CPU_STEPS,
+    GPU_STEPS,
+    FinetuneConfig,
+    FinetuneError,
+    FinetuneResult,
+    Plan,
+    finetune,
+)
 from pipeline.truth import TruthError
 
 
@@ -29,7 +38,13 @@ def train_command(
         str | None, typer.Option(help="Reviewed labels as COCO instances JSON.")
     ] = None,
     init: Annotated[str, typer.Option(help="Checkpoint to start from: 'demo' or a file.")] = "demo",
-    steps: Annotated[int, typer.Option(help="Training steps (batches).")] = 500,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Training steps (batches); the time they take is told after the first few.",
+            show_default=f"{GPU_STEPS} on a GPU, {CPU_STEPS} on a CPU",
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Crops per step.")] = 8,
     crop: Annotated[int, typer.Option(help="Side of the square training crops, pixels.")] = 256,
     val_share: Annotated[
@@ -46,7 +61,7 @@ def train_command(
 
     Labels with classes the starting model lacks get a new classifier (rows of classes it has
     are kept by name). The checkpoint records the data's hash, the settings and the validation
-    mIoU before and after.
+    mIoU before and after. A CPU step takes seconds: the default there is a few minutes' worth.
     """
     fields: dict[str, Any] = {
         "images": images,
@@ -100,6 +115,9 @@ class _Bar:
     def stage(self, text: str) -> None:
         self.bar.console.print(text, highlight=False, markup=False, soft_wrap=True)
 
+    def planned(self, plan: Plan) -> None:
+        self.stage(_plan_line(plan))
+
     def step(self, entry: StepLog, steps: int) -> None:
         if not self.bar.tasks[0].started:
             self.bar.start_task(self.task)
@@ -111,7 +129,7 @@ class _Lines:
 
     def __init__(self, every_seconds: float = 5.0) -> None:
         self.every = every_seconds
-        self.last = 0.0
+        self.last = math.inf  # no step line before the plan's
 
     def __enter__(self) -> _Lines:
         return self
@@ -122,6 +140,10 @@ class _Lines:
     def stage(self, text: str) -> None:
         console.print(text, highlight=False, markup=False, soft_wrap=True)
 
+    def planned(self, plan: Plan) -> None:
+        self.stage(_plan_line(plan))
+        self.last = time.perf_counter()
+
     def step(self, entry: StepLog, steps: int) -> None:
         now = time.perf_counter()
         if now - self.last >= self.every or entry.step == steps:
@@ -131,6 +153,23 @@ class _Lines:
                 f"{entry.seconds:.0f} s",
                 highlight=False,
             )
+
+
+def _plan_line(plan: Plan) -> str:
+    per_step = plan.seconds_per_step
+    each = f"{per_step:.2g}" if per_step < 10 else f"{per_step:.0f}"
+    return (
+        f"{plan.steps} steps on {plan.device} at ~{each} s a step: about {_about(plan.seconds)}; "
+        "--steps N to change"
+    )
+
+
+def _about(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _print(result: FinetuneResult) -> None:

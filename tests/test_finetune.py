@@ -4,6 +4,7 @@ checkpoint says what it was trained on, and it labels and evaluates like any oth
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
@@ -17,13 +18,16 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+from rich.console import Console
 from typer.testing import CliRunner
 
 import deeplab
 import deeplab.scenes
+import pipeline.finetune
 from deeplab.demo import DEMO_CHECKPOINT
 from deeplab.predictor import Predictor
 from deeplab.scenes import DEMO_CLASSES, Scene
+from deeplab.train import StepLog
 from pipeline.annotate import annotate
 from pipeline.config import RunConfig
 from pipeline.evaluate import evaluate_runs
@@ -31,10 +35,12 @@ from pipeline.exporters import open_run
 from pipeline.finetune import (
     FinetuneConfig,
     FinetuneResult,
+    Plan,
     Sample,
     class_keep,
     class_names_for,
     crops,
+    default_steps,
     finetune,
     split,
     with_classes,
@@ -309,8 +315,13 @@ def test_cli_trains_from_coco_and_refuses_bad_input_in_one_line(tmp_path: Path) 
     )
     assert result.exit_code == 0, result.output
     assert "step 2/2" in result.stderr and "validation mIoU" in result.stderr
+    plan = result.stderr.index("2 steps on cpu at ~")  # --steps wins over the CPU default
+    assert "step 1/2" not in result.stderr[:plan] and plan < result.stderr.index("step 2/2")
     meta = deeplab.load(out)[1]
-    assert meta.provenance["steps"] == 2 and isinstance(meta.provenance["class_weights"], dict)
+    assert meta.provenance["steps"] == 2 and meta.provenance["device"] == "cpu"
+    assert isinstance(meta.provenance["class_weights"], dict)
+    usage = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert f"{default_steps(torch.device('cuda'))} on a GPU, 100 on a CPU" in usage.output
     for extra, reason in [
         (["--masks", str(masks)], "either masks or coco"),
         (["--class-weights", "some"], "class_weights: Input should be 'auto' or 'none'"),
@@ -329,6 +340,67 @@ def test_cli_trains_from_coco_and_refuses_bad_input_in_one_line(tmp_path: Path) 
         app, ["train", "--images", str(empty), "--coco", str(coco), "--out", str(out), *small]
     )
     assert bad.exit_code == 2 and "has a usable label" in bad.stderr
+
+
+class Recorder:
+    """A listener that keeps what it hears, in order: stage texts, plans and (step, steps)."""
+
+    def __init__(self) -> None:
+        self.heard: list[str | Plan | tuple[int, int]] = []
+
+    def stage(self, text: str) -> None:
+        self.heard.append(text)
+
+    def planned(self, plan: Plan) -> None:
+        self.heard.append(plan)
+
+    def step(self, entry: StepLog, steps: int) -> None:
+        self.heard.append((entry.step, steps))
+
+
+def test_without_steps_a_cpu_trains_its_default_and_tells_the_plan_after_timing_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert default_steps(torch.device("cuda:0")) == 500  # a GPU's default is unchanged
+    monkeypatch.setattr(pipeline.finetune, "CPU_STEPS", 4)  # the real one takes minutes
+    assert default_steps(torch.device("cpu")) == 4
+    images, masks = write_set(tmp_path, new_layout(7, 3, 48))
+    out = tmp_path / "default.safetensors"
+    config = FinetuneConfig(
+        images=str(images), masks=str(masks), out=str(out), batch_size=2, crop=32, device="cpu"
+    )
+    recorder = Recorder()
+    result = finetune(config, recorder)
+    plans = [h for h in recorder.heard if isinstance(h, Plan)]
+    assert len(plans) == 1 and plans[0].steps == 4 and plans[0].device == torch.device("cpu")
+    assert plans[0].seconds_per_step > 0 and plans[0].seconds > 0
+    at = recorder.heard.index(plans[0])
+    assert recorder.heard[at - 1 : at + 2] == [(2, 4), plans[0], (3, 4)]  # steps 2, 3 timed
+    assert [h for h in recorder.heard if isinstance(h, tuple)] == [(n, 4) for n in range(1, 5)]
+    provenance = deeplab.load(out)[1].provenance
+    assert provenance["steps"] == result.meta.provenance["steps"] == 4
+    assert provenance["device"] == "cpu"
+
+
+def test_cli_on_a_terminal_tells_the_plan_and_the_bar_reaches_the_last_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows import cli_train
+    from flows.cli import app
+
+    monkeypatch.setattr(pipeline.finetune, "CPU_STEPS", 3)
+    screen = io.StringIO()
+    monkeypatch.setattr(cli_train, "console", Console(file=screen, force_terminal=True, width=200))
+    images, masks = write_set(tmp_path, new_layout(8, 3, 48))
+    out = tmp_path / "bar.safetensors"
+    args = ["--images", str(images), "--masks", str(masks), "--out", str(out)]
+    small = ["--batch-size", "2", "--crop", "32", "--device", "cpu"]
+    result = CliRunner().invoke(app, ["train", *args, *small])
+    assert result.exit_code == 0, result.output
+    shown = screen.getvalue()
+    assert "3 steps on cpu at ~" in shown and "--steps N to change" in shown
+    assert "3/3" in shown and "4/3" not in shown
+    assert deeplab.load(out)[1].provenance["steps"] == 3
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import torch
 
 import deeplab
 from deeplab.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
-from deeplab.train import TrainConfig, lr_factor, train
+from deeplab.train import StepLog, TrainConfig, lr_factor, train
 
 
 def test_confusion_matrix_matches_a_plain_count() -> None:
@@ -61,10 +61,18 @@ def test_a_few_steps_fit_a_fixed_batch_and_respect_the_ignore_label() -> None:
     images[:, :, 24:] //= 4  # class 1 is the dark half
     labels[:, :8] = 255  # ignored; a label of 255 reaching the loss would raise
     config = TrainConfig(steps=30, warmup_steps=1, log_every=10, lr=3e-3)
+    heard: list[StepLog] = []
     logs = train(
-        model, meta, iter(lambda: (images, labels), None), config, device=torch.device("cpu")
+        model,
+        meta,
+        iter(lambda: (images, labels), None),
+        config,
+        device=torch.device("cpu"),
+        on_step=heard.append,
     )
     assert [log.step for log in logs] == [10, 20, 30]
+    assert [entry.step for entry in heard] == list(range(1, 31))  # every step, for progress
+    assert [entry for entry in heard if entry.step % 10 == 0] == logs
     assert logs[-1].loss < logs[0].loss * 0.5
     model.eval()
     predictions = deeplab.Predictor(model, meta, device="cpu").predict(list(images))
