@@ -44,6 +44,7 @@ from pipeline.annotate import (
     RunSummary,
     check_labels,
     check_source,
+    finish_if_done,
     preflight,
     run_lease,
 )
@@ -361,8 +362,13 @@ def _run(
             stack.enter_context(interruptible())
             send_logs_to(log, console, verbose=verbose)
             retrying(lambda: check_source(config))
-            retrying(lambda: stack.enter_context(run_lease(config)))
+            lease = retrying(lambda: stack.enter_context(run_lease(config)))
             retrying(lambda: check_labels(config))
+            # Nothing to label: finish here, with no server to start (work-pool runs still
+            # make their flow run, where the pool's users look for it).
+            done = finish_if_done(config, lease.token) if executor == "local" else None
+            if done is not None:
+                return done
             _prefect_defaults()
             startup = float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
             stack.enter_context(temporary_server(log, startup_seconds=startup))

@@ -245,6 +245,19 @@ def finish_run(plan: RunPlan) -> RunSummary:
     )
 
 
+def finish_if_done(config: RunConfig, lease: str) -> RunSummary | None:
+    """A rerun with nothing to label, finished here: the exports and ``run.json`` from the
+    records, with no flow to start for it. None when there is work (or a damaged shard,
+    which the run repairs by labeling its images again)."""
+    plan = retrying(lambda: plan_run(config, lease))
+    if plan.shards:
+        return None
+    try:
+        return retrying(lambda: finish_run(plan))
+    except DamagedShardError:
+        return None
+
+
 def annotate(config: RunConfig) -> RunSummary:
     """The whole run in this process, without Prefect."""
     with ExitStack() as stack:

@@ -3,6 +3,7 @@ command that refused to start."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from importlib import metadata
@@ -49,3 +50,28 @@ def test_a_refused_run_leaves_a_folder_that_was_there(tmp_path: Path) -> None:
     done = _prelabel("annotate", str(EXAMPLES), "--out", str(out), "--model", "nothing.pth")
     assert done.returncode == 2, done.stderr
     assert out.is_dir()
+
+
+@pytest.mark.slow
+def test_a_rerun_with_nothing_to_label_needs_no_prefect_server(tmp_path: Path) -> None:
+    """The first run labels; the rerun finds every image done and finishes without a flow:
+    pointed at a Prefect server that does not exist, it still succeeds."""
+    source = tmp_path / "in"
+    source.mkdir()
+    for name in ("scene-000.jpg", "scene-001.jpg"):
+        (source / name).write_bytes((EXAMPLES / name).read_bytes())
+    out = tmp_path / "run"
+    first = _prelabel("annotate", str(source), "--out", str(out), "--export", "coco")
+    assert first.returncode == 0, first.stderr
+    (out / "exports" / "coco.json").unlink()
+    rerun = subprocess.run(
+        [*PRELABEL, "annotate", str(source), "--out", str(out), "--export", "coco"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"},  # nothing listens
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert "0 processed, 2 already done" in rerun.stderr
+    assert (out / "exports" / "coco.json").is_file()  # the exports are written again
