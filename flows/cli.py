@@ -98,7 +98,8 @@ def main(
 @app.command()
 def annotate(
     source: Annotated[
-        str, typer.Argument(help="Folder or s3://bucket/prefix of images (recursive).")
+        str,
+        typer.Argument(help="An image file, a folder or s3://bucket/prefix of images (recursive)."),
     ],
     out: Annotated[str, typer.Option("--out", "-o", help="Run folder to write.")],
     model: Annotated[

@@ -73,9 +73,14 @@ class LocalStorage:
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every regular file under ``prefix``, folder by folder with names sorted, skipping
-        hidden files and folders. FIFOs, sockets and devices are left out: reading one would
-        block or never end. Keys are ``printable``; URIs keep the exact name to read by."""
+        hidden files and folders; a ``prefix`` that is a file lists itself, by its name. FIFOs,
+        sockets and devices are left out: reading one would block or never end. Keys are
+        ``printable``; URIs keep the exact name to read by."""
         root = Path(prefix)
+        if root.is_file():
+            found = _regular(root, root.name)
+            yield from [found] if found else []
+            return
         if not root.is_dir():
             if not root.exists():
                 raise NotFoundError(f"{printable(prefix)}: not a folder (it does not exist)")
@@ -84,19 +89,9 @@ class LocalStorage:
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(f for f in files if not f.startswith(".")):
                 path = Path(folder) / name
-                try:
-                    info = path.stat()
-                except OSError as exc:
-                    raise StorageError(
-                        f"{printable(str(path))}: cannot stat ({exc.strerror})"
-                    ) from exc
-                if not stat.S_ISREG(info.st_mode):
-                    log.info("%s: not a regular file, left out", printable(str(path)))
-                    continue
-                key = printable(PurePosixPath(*path.relative_to(root).parts).as_posix())
-                # Modification time and size, as make and rsync judge change without reading.
-                etag = f"{info.st_mtime_ns:x}-{info.st_size:x}"
-                yield ObjectInfo(uri=str(path), key=key, size=info.st_size, etag=etag)
+                found = _regular(path, PurePosixPath(*path.relative_to(root).parts).as_posix())
+                if found:
+                    yield found
 
     def read(self, uri: str) -> bytes:
         """Opened without blocking and checked to be a regular file before reading: a FIFO
@@ -183,6 +178,20 @@ class LocalStorage:
             ) from exc
         if not os.access(path, os.W_OK):
             raise StorageError(f"{printable(prefix)}: output folder is not writable")
+
+
+def _regular(path: Path, key: str) -> ObjectInfo | None:
+    """``path`` listed under ``key``, or None (logged) when it is not a regular file."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise StorageError(f"{printable(str(path))}: cannot stat ({exc.strerror})") from exc
+    if not stat.S_ISREG(info.st_mode):
+        log.info("%s: not a regular file, left out", printable(str(path)))
+        return None
+    # Modification time and size, as make and rsync judge change without reading.
+    etag = f"{info.st_mtime_ns:x}-{info.st_size:x}"
+    return ObjectInfo(uri=str(path), key=printable(key), size=info.st_size, etag=etag)
 
 
 @contextmanager

@@ -21,6 +21,17 @@ def test_listing_is_sorted_recursive_and_skips_hidden(tmp_path: Path) -> None:
     assert all(Path(o.uri).is_file() and o.size == len(o.key) for o in listed)
 
 
+def test_a_file_given_as_the_prefix_lists_itself_by_name(tmp_path: Path) -> None:
+    """One image is a source too: ``prelabel annotate photo.jpg``."""
+    (tmp_path / "sub").mkdir()
+    photo = tmp_path / "sub" / "photo.jpg"
+    photo.write_bytes(b"x" * 5)
+    (listed,) = LocalStorage().list(str(photo))
+    assert (listed.key, listed.uri, listed.size) == ("photo.jpg", str(photo), 5)
+    (in_folder,) = LocalStorage().list(str(tmp_path))
+    assert listed.etag == in_folder.etag  # the same change token either way
+
+
 def test_listing_a_missing_folder_names_it(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="not a folder"):
         list(LocalStorage().list(str(tmp_path / "missing")))
@@ -113,7 +124,7 @@ def test_a_fifo_is_not_listed_and_reading_one_fails_at_once(tmp_path: Path) -> N
 def test_only_a_missing_folder_lists_as_not_found(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError):
         list(LocalStorage().list(str(tmp_path / "missing")))
-    (tmp_path / "file").write_bytes(b"x")
+    os.mkfifo(tmp_path / "fifo")  # there, but neither a folder nor a file to list
     with pytest.raises(StorageError) as err:
-        list(LocalStorage().list(str(tmp_path / "file")))
+        list(LocalStorage().list(str(tmp_path / "fifo")))
     assert not isinstance(err.value, NotFoundError)
