@@ -10,7 +10,13 @@ from rich.table import Table
 
 from flows.cli_common import cannot_start, console
 from pipeline.errors import PrelabelError
-from pipeline.evaluate import EVALUATIONS, Evaluation, EvaluationError, evaluate_runs
+from pipeline.evaluate import (
+    EVALUATIONS,
+    Evaluation,
+    EvaluationError,
+    evaluate_runs,
+    model_label,
+)
 from pipeline.exporters import open_run
 from pipeline.truth import TruthError, open_truth
 
@@ -59,7 +65,7 @@ def _print(evaluations: list[Evaluation]) -> None:
     table = Table(title=escape(f"prelabel evaluate against {first.truth}"), title_justify="left")
     table.add_column("")
     for e in evaluations:
-        table.add_column(escape(e.model_version), justify="right")
+        table.add_column(escape(model_label(e)), justify="right")
     rows = [
         ("images scored", [str(e.images) for e in evaluations]),
         ("mIoU", [_pct(e.miou) for e in evaluations]),
@@ -84,7 +90,7 @@ def _print(evaluations: list[Evaluation]) -> None:
     for e in evaluations:
         for failure in e.failed[:_LISTED]:
             console.print(
-                f"  not scored ({e.model_version}): {failure.key}: {failure.reason}",
+                f"  not scored ({model_label(e)}): {failure.key}: {failure.reason}",
                 highlight=False,
                 markup=False,
                 soft_wrap=True,
@@ -94,7 +100,7 @@ def _print(evaluations: list[Evaluation]) -> None:
         if e.missing:
             shown = ", ".join(e.missing[:5]) + (" ..." if len(e.missing) > 5 else "")
             console.print(
-                f"  {len(e.missing)} images without truth ({e.model_version}): {shown}",
+                f"  {len(e.missing)} images without truth ({model_label(e)}): {shown}",
                 highlight=False,
                 markup=False,
                 soft_wrap=True,

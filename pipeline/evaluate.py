@@ -13,6 +13,7 @@ import html
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import PurePosixPath
 from typing import Any
 
 import cv2
@@ -280,6 +281,13 @@ def stored_evaluations(view: RunView) -> list[Evaluation]:
     return sorted(found, key=lambda e: e.evaluated_at)
 
 
+def model_label(evaluation: Evaluation) -> str:
+    """How a person names the model: its checkpoint's file name (or ``demo``), and the start
+    of its version, which tells two files of one name apart."""
+    name = PurePosixPath(evaluation.model_ref).name or evaluation.model_ref
+    return f"{name} {evaluation.model_version[:8]}"
+
+
 def to_markdown(evaluation: Evaluation, others: Sequence[Evaluation] = ()) -> str:
     """The evaluation, with every other model version evaluated against the same truth in a
     column beside it."""
@@ -293,11 +301,12 @@ def to_markdown(evaluation: Evaluation, others: Sequence[Evaluation] = ()) -> st
         f"(sha256 {e.truth_sha256[:12]}), {e.images} images, {e.pixels} labeled pixels, "
         f"boundary tolerance {e.boundary_tolerance} px, {e.evaluated_at:%Y-%m-%d %H:%M} UTC.",
         "",
-        "| | " + " | ".join(_cell(c.model_version) for c in columns) + " |",
+        "| | " + " | ".join(_cell(model_label(c)) for c in columns) + " |",
         "|---|" + "---:|" * len(columns),
     ]
     rows: list[tuple[str, Any]] = [
         ("model", lambda c: _cell(c.model_ref)),
+        ("model version", lambda c: _cell(c.model_version)),
         ("images scored", lambda c: str(c.images)),
         ("mIoU", lambda c: _pct(c.miou)),
         ("pixel accuracy", lambda c: _pct(c.pixel_accuracy)),
@@ -316,7 +325,7 @@ def to_markdown(evaluation: Evaluation, others: Sequence[Evaluation] = ()) -> st
     other_truth = [o for o in others if o.truth_sha256 != e.truth_sha256]
     if other_truth:
         lines += ["", "Not compared (evaluated against other truth):", ""]
-        lines += [f"- {_cell(o.model_version)}: `{_cell(o.truth)}`" for o in other_truth]
+        lines += [f"- {_cell(model_label(o))}: `{_cell(o.truth)}`" for o in other_truth]
     lines += ["", "## Confusion matrix", "", "Pixels; rows: truth, columns: prediction.", ""]
     lines += [
         "| truth \\ predicted | " + " | ".join(_cell(n) for n in e.class_names) + " |",

@@ -376,14 +376,15 @@ def test_model_versions_side_by_side(tmp_path: Path) -> None:
             *(["v1.json", "v1.md", "v2.json"] if run == "good" else ["v1.json", "v2.json", "v2.md"])
         ]
     markdown = (tmp_path / "good" / "evaluations" / "v1.md").read_text()
-    assert "| | v1 | v2 |" in markdown
+    assert "| | test v1 | v2.ckpt v2 |" in markdown  # named by checkpoint file and version
     assert f"| mIoU | 100.00% | {100 * second.miou:.2f}% |" in markdown
     # Against other truth, an evaluation is listed, not put in a column.
     other = write_masks(tmp_path / "t2", {"0.jpg": truths["0.jpg"]})
     evaluate_runs([worse], open_truth(str(other)))
     markdown = (tmp_path / "worse" / "evaluations" / "v2.md").read_text()
-    assert "| | v2 |" in markdown
-    assert "Not compared (evaluated against other truth):" in markdown and "- v1: " in markdown
+    assert "| | v2.ckpt v2 |" in markdown
+    assert "Not compared (evaluated against other truth):" in markdown
+    assert "- test v1: " in markdown
     with pytest.raises(EvaluationError, match="different models"):
         evaluate_runs([good, good], open_truth(source))
 
