@@ -83,6 +83,7 @@ def describe(
     """
     flags = flags or {}
     message = error["msg"].removeprefix(_PREFIXES.get(error["type"], ""))
+    message = re.sub(r"^Input should be\b", "must be", message)  # the user's words, not pydantic's
     path = [str(part) for part in error["loc"]]
     if not path:
         fields = (error.get("ctx") or {}).get("fields", ())

@@ -56,15 +56,15 @@ def test_a_bad_file_is_reported_and_the_rest_labeled_exit_3(tmp_path: Path) -> N
         (["annotate", "{tmp}/empty", "--out", "{tmp}/run"], "empty: no images found"),
         (
             ["annotate", "{tmp}/empty", "--out", "{tmp}/run", "--batch-size", "0"],
-            "--batch-size 0: Input should be greater than or equal to 1",
+            "--batch-size 0: must be greater than or equal to 1",
         ),
         (
             ["annotate", "{tmp}/one", "--out", "{tmp}/run", "--instances", "polygons"],
-            "--instances 'polygons': Input should be 'components' or 'semantic'",
+            "--instances 'polygons': must be 'components' or 'semantic'",
         ),
         (
             ["annotate", "{tmp}/one", "--out", "{tmp}/run", "--output-stride", "12"],
-            "--output-stride 12: Input should be 8, 16 or 32",
+            "--output-stride 12: must be 8, 16 or 32",
         ),
         (
             ["annotate", "{tmp}/one", "--out", "{tmp}/run", "--model", "{tmp}/one/a.png"],
@@ -158,7 +158,7 @@ def test_export_local_files_urls_are_under_the_root_given(tmp_path: Path) -> Non
             ["export", "{tmp}/run", "--image-url-prefix", "http://x/", "--local-files-root", "/"],
             "--image-url-prefix and --local-files-root both given",
         ),
-        (["export", "{tmp}/run", "--ls-regions", "poly"], "--ls-regions 'poly': Input should be"),
+        (["export", "{tmp}/run", "--ls-regions", "poly"], "--ls-regions 'poly': must be"),
     ],
 )
 def test_export_mistakes_say_why_exit_2(tmp_path: Path, args: list[str], reason: str) -> None:

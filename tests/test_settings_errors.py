@@ -42,7 +42,7 @@ def _run(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProc
             "PRELABEL_REGIONS='abc': not a JSON object; set one field at a time instead: "
             "PRELABEL_REGIONS__INSTANCES, PRELABEL_REGIONS__MIN_AREA",
         ),
-        ([], {"PRELABEL_BATCH_SIZE": "0"}, "PRELABEL_BATCH_SIZE=0: Input should be greater"),
+        ([], {"PRELABEL_BATCH_SIZE": "0"}, "PRELABEL_BATCH_SIZE=0: must be greater"),
         (
             ["--tile-size", "128"],
             {"PRELABEL_EXPORTS": "coco,masks"},  # read, so not what is wrong
@@ -78,17 +78,17 @@ def _errors(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], **fields: obje
 @pytest.mark.parametrize(
     ("env", "fields", "said"),
     [
-        ({}, {"batch_size": 0}, "--batch-size 0: Input should be greater than or equal to 1"),
-        ({"PRELABEL_BATCH_SIZE": "4"}, {"batch_size": 0}, "--batch-size 0: Input"),  # flag wins
+        ({}, {"batch_size": 0}, "--batch-size 0: must be greater than or equal to 1"),
+        ({"PRELABEL_BATCH_SIZE": "4"}, {"batch_size": 0}, "--batch-size 0: must be"),  # flag wins
         ({}, {"device": ""}, "--device '': choose auto, cpu, cuda or cuda:N (N a GPU index)"),
         (
             {},
             {"regions": {"instances": "polygons"}},
-            "--instances 'polygons': Input should be 'components' or 'semantic'",
+            "--instances 'polygons': must be 'components' or 'semantic'",
         ),
-        ({"PRELABEL_REGIONS__MIN_AREA": "0"}, {}, "PRELABEL_REGIONS__MIN_AREA=0: Input should"),
-        ({"PRELABEL_REGIONS": '{"min_area": 0}'}, {}, "PRELABEL_REGIONS min_area=0: Input"),
-        ({"PRELABEL_PRECISION": "half"}, {}, "PRELABEL_PRECISION='half': Input should be 'auto'"),
+        ({"PRELABEL_REGIONS__MIN_AREA": "0"}, {}, "PRELABEL_REGIONS__MIN_AREA=0: must be"),
+        ({"PRELABEL_REGIONS": '{"min_area": 0}'}, {}, "PRELABEL_REGIONS min_area=0: must be"),
+        ({"PRELABEL_PRECISION": "half"}, {}, "PRELABEL_PRECISION='half': must be 'auto'"),
         (
             {"PRELABEL_TILE_OVERLAP": "2000"},
             {"tile_size": 1500},
