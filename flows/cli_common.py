@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, NoReturn
 
 import typer
@@ -69,6 +69,12 @@ def flags_given(values: Mapping[str, Any], under: str = "") -> dict[str, str]:
         elif value is not None and path in RUN_FLAGS:
             given[path] = RUN_FLAGS[path]
     return given
+
+
+def option_flags(fields: Iterable[str]) -> dict[str, str]:
+    """Field -> flag for a command whose options are its config's fields by typer's naming
+    (``class_weights`` -> ``--class-weights``), so that ``describe`` names the flag."""
+    return {field: "--" + field.replace("_", "-") for field in fields}
 
 
 def describe(

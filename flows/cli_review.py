@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from flows.cli_common import cannot_start, console, describe
+from flows.cli_common import cannot_start, console, describe, option_flags
 from pipeline.errors import PrelabelError
 from pipeline.exporters import ExportOptions, open_run
 from pipeline.label_studio_api import TOKEN_VARIABLES, LabelStudio, LabelStudioError, token_from_env
@@ -39,7 +39,8 @@ def push_command(
     try:
         options = ExportOptions(ls_regions=ls_regions, image_url_prefix=image_url_prefix)
     except ValidationError as exc:
-        cannot_start("; ".join(describe(e) for e in exc.errors()))
+        flags = option_flags(["ls_regions", "image_url_prefix"])
+        cannot_start("; ".join(describe(e, flags) for e in exc.errors()))
     try:
         view = open_run(run)
         with LabelStudio(label_studio, token_from_env()) as client:

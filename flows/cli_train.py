@@ -14,7 +14,7 @@ from rich.table import Table
 
 from deeplab import CheckpointError
 from deeplab.train import StepLog
-from flows.cli_common import cannot_start, console, describe
+from flows.cli_common import cannot_start, console, describe, option_flags
 from pipeline.errors import PrelabelError
 from pipeline.finetune import (
     CPU_STEPS,
@@ -81,7 +81,7 @@ def train_command(
     try:
         config = FinetuneConfig(**fields)
     except ValidationError as exc:
-        cannot_start("; ".join(describe(e) for e in exc.errors()))
+        cannot_start("; ".join(describe(e, option_flags(fields)) for e in exc.errors()))
     listener: _Bar | _Lines = _Bar() if console.is_terminal else _Lines()
     try:
         with listener:
