@@ -248,7 +248,11 @@ def finish_run(plan: RunPlan) -> RunSummary:
 def finish_if_done(config: RunConfig, lease: str) -> RunSummary | None:
     """A rerun with nothing to label, finished here: the exports and ``run.json`` from the
     records, with no flow to start for it. None when there is work (or a damaged shard,
-    which the run repairs by labeling its images again)."""
+    which the run repairs by labeling its images again). A first run or a forced one has
+    work by definition: it is not planned here, so its source is listed once, by the flow."""
+    layout = _layout(config)
+    if config.force or not retrying(lambda: layout.storage.exists(layout.manifest)):
+        return None
     plan = retrying(lambda: plan_run(config, lease))
     if plan.shards:
         return None
