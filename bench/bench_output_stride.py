@@ -24,7 +24,7 @@ from deeplab.metrics import confusion_matrix, mean_iou
 from deeplab.scenes import Scene, scenes
 from deeplab.stride import output_stride_of
 from pipeline.evaluate import boundary_counts
-from pipeline.models import resolve_checkpoint
+from pipeline.model_ids import resolve_checkpoint
 
 STRIDES = (8, 16, 32)
 BATCH = 2

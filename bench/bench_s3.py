@@ -27,7 +27,8 @@ from PIL import Image
 
 from deeplab.scenes import scenes
 from pipeline.config import RunConfig
-from pipeline.s3 import S3Settings, S3Storage
+from pipeline.s3 import S3Storage
+from pipeline.s3_settings import S3Settings
 
 BUCKET = "bench"
 

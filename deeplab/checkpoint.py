@@ -19,7 +19,8 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor
 
-from deeplab.convert import CheckpointError, convert_state_dict, detect, strip_data_parallel
+from deeplab.convert import convert_state_dict, detect, strip_data_parallel
+from deeplab.errors import CheckpointError
 from deeplab.files import write_atomic
 from deeplab.meta import VOC_CLASSES, ModelMeta, model_version
 from deeplab.model import DeepLab

@@ -14,13 +14,10 @@ from typing import Any
 
 from torch import Tensor
 
+from deeplab.errors import CheckpointError
 from deeplab.meta import Family
 
 Rule = tuple[str, str | None]  # (regex on the foreign key, replacement; None drops the key)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot become a model; the message names the file and the reason."""
 
 
 _RESNET_BACKBONE: list[Rule] = [(r"^backbone\.(conv1|bn1|layer[1-4])\.", r"backbone.\1.")]

@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from deeplab.bundled import DEMO_CHECKPOINT
 from deeplab.checkpoint import load, save
 from deeplab.meta import ModelMeta
 from deeplab.metrics import confusion_matrix, iou_per_class, mean_iou
@@ -29,7 +30,6 @@ from deeplab.train import Batch, TrainConfig, train
 
 log = logging.getLogger(__name__)
 
-DEMO_CHECKPOINT = Path(__file__).parent / "weights" / "demo.safetensors"
 DEMO_ARCH = "deeplabv3plus_mobilenet_v3_large"
 # Separable ASPP and decoder keep the file small (~19 MB in fp32) at the paper's 256 channels.
 DEMO_OPTIONS: dict[str, int | bool] = {"output_stride": 16, "separable": True}

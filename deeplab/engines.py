@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from deeplab.errors import EngineError
 from deeplab.meta import ModelMeta
 from deeplab.model import DeepLab
 from deeplab.preprocess import Normalizer
@@ -41,10 +42,6 @@ Logits = Callable[[np.ndarray], torch.Tensor]  # NxHxWx3 uint8 -> N x C x h x w 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _OV_PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 _FROM_OV: dict[str, Precision] = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
-
-
-class EngineError(RuntimeError):
-    """An engine that cannot run here (not installed, a precision the device lacks)."""
 
 
 class TorchEngine:

@@ -17,7 +17,8 @@ from typing import Literal
 
 import torch
 
-from deeplab.engines import EngineError, openvino_module
+from deeplab.engines import openvino_module
+from deeplab.errors import EngineError
 from deeplab.files import write_atomic
 from deeplab.meta import ModelMeta
 from deeplab.model import DeepLab

@@ -21,11 +21,18 @@ def register(name: str) -> Callable[[F], F]:
     return add
 
 
+def _registered() -> dict[str, Callable[..., nn.Module]]:
+    import deeplab.builders  # noqa: F401  (its import registers the variants; it imports this)
+
+    return _BUILDERS
+
+
 def list_models() -> list[str]:
-    return sorted(_BUILDERS)
+    return sorted(_registered())
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
-    if name not in _BUILDERS:
+    builders = _registered()
+    if name not in builders:
         raise ValueError(f"no model {name!r}; registered: {', '.join(list_models())}")
-    return _BUILDERS[name](**kwargs)
+    return builders[name](**kwargs)

@@ -43,7 +43,8 @@ from pipeline.annotate import (
 from pipeline.config import RunConfig
 from pipeline.ledger import DamagedShardError
 from pipeline.retry import DELAYS, is_transient, retrying
-from pipeline.shards import Shard, ShardStats, process_shard
+from pipeline.shard_plan import Shard, ShardStats
+from pipeline.shards import process_shard
 
 SHARD_DEPLOYMENT = "annotate-shard/shard"
 P = ParamSpec("P")

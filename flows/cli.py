@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from deeplab import CheckpointError
+from deeplab.errors import CheckpointError
 from flows.cli_common import (
     EXIT_SOME_FAILED,
     cannot_start,
@@ -495,7 +495,7 @@ def _print_summary(summary: RunSummary) -> None:
     for name, count in summary.class_counts.items():
         table.add_row(f"  {name}", str(count))
     table.add_row("time", f"{summary.seconds:.1f} s ({summary.images_per_second:.2f} img/s)")
-    table.add_row("engine", summary.engine)
+    table.add_row("engine", summary.engine or "none: nothing to label")
     table.add_row("run folder", summary.out)
     for damage in summary.repaired:
         table.add_row("repaired", f"{damage}: moved to quarantine/, its images labeled again")

@@ -8,11 +8,9 @@ from typing import Annotated
 
 import typer
 
-import deeplab
-from deeplab.engines import EngineError
-from deeplab.export import export_model
+from deeplab.errors import CheckpointError, EngineError
 from flows.cli_common import cannot_start, console
-from pipeline.models import resolve_checkpoint
+from pipeline.model_ids import resolve_checkpoint
 
 _SUFFIX = {"onnx": ".onnx", "openvino": ".xml"}
 
@@ -31,10 +29,13 @@ def export_model_command(
         cannot_start(f"--format {format!r}: choose onnx or openvino")
     if out.suffix != _SUFFIX[format]:
         cannot_start(f"--out {out}: {format} models are written to {_SUFFIX[format]} files")
+    import deeplab  # torch: loaded once the command is checked
+    from deeplab.export import export_model
+
     try:
         model, meta = deeplab.load(resolve_checkpoint(checkpoint))
         export_model(model, meta, out, format)  # type: ignore[arg-type]
-    except (deeplab.CheckpointError, EngineError, OSError) as exc:
+    except (CheckpointError, EngineError, OSError) as exc:
         cannot_start(str(exc))
     console.print(
         f"wrote {out}: {meta.arch}, {len(meta.class_names)} classes, model {meta.model_version}",

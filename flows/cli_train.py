@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -12,20 +12,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from deeplab import CheckpointError
-from deeplab.train import StepLog
+from deeplab.errors import CheckpointError
 from flows.cli_common import cannot_start, console, describe, option_flags
 from pipeline.errors import PrelabelError
-from pipeline.finetune import (
-    CPU_STEPS,
-    GPU_STEPS,
-    FinetuneConfig,
-    FinetuneError,
-    FinetuneResult,
-    Plan,
-    finetune,
-)
+from pipeline.finetune_config import CPU_STEPS, GPU_STEPS, FinetuneConfig, FinetuneError
 from pipeline.truth import TruthError
+
+if TYPE_CHECKING:
+    from deeplab.train import StepLog
+    from pipeline.finetune import FinetuneResult, Plan
 
 
 def train_command(
@@ -82,6 +77,8 @@ def train_command(
         config = FinetuneConfig(**fields)
     except ValidationError as exc:
         cannot_start("; ".join(describe(e, option_flags(fields)) for e in exc.errors()))
+    from pipeline.finetune import finetune  # torch: loaded once the command is checked
+
     listener: _Bar | _Lines = _Bar() if console.is_terminal else _Lines()
     try:
         with listener:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from pipeline.finetune import FinetuneConfig, FinetuneResult, finetune
+from pipeline.finetune import FinetuneResult, finetune
+from pipeline.finetune_config import FinetuneConfig
 
 
 @flow(name="train")

@@ -18,11 +18,11 @@ from pipeline.exporters import export, view_of
 from pipeline.lease import Lease, held_here, holding
 from pipeline.lease import verify as verify_lease
 from pipeline.ledger import DamagedShardError, Ledger, LedgerConflictError, quarantine
-from pipeline.models import load_predictor
+from pipeline.model_ids import model_info
 from pipeline.retry import retrying
 from pipeline.run_folder import ModelInfo, RunLayout, RunManifest, code_version
-from pipeline.shards import Shard, ShardStats, plan_shards, process_shard, shard_stats
-from pipeline.storage import LocalStorage, ObjectInfo, storage_for
+from pipeline.shard_plan import Shard, ShardStats, plan_shards, shard_stats
+from pipeline.storage import LocalStorage, NotFoundError, ObjectInfo, storage_for
 
 _EXTENSIONS = ", ".join(sorted(IMAGE_EXTENSIONS))
 
@@ -47,7 +47,9 @@ class RunPlan:
     skipped: int  # listed files that are not images by extension
     model: ModelInfo
     started_at: datetime
-    engine: str  # what runs the forward here, and at which precision: "openvino bfloat16"
+    # What runs the forward here, and at which precision ("openvino bfloat16"); None when
+    # this pass has nothing to label, so no model is loaded.
+    engine: str | None
     repaired: tuple[str, ...] = ()  # damaged shards moved aside, each "file: reason"
 
 
@@ -64,7 +66,7 @@ class RunSummary:
     seconds: float
     exports: tuple[str, ...]
     shards: tuple[ShardStats, ...]  # this pass's shards
-    engine: str  # what ran the forward here, and at which precision
+    engine: str | None  # what ran the forward here, and at which precision; None: nothing ran
     repaired: tuple[str, ...] = ()  # damaged shards moved aside and labeled again
 
     @property
@@ -107,9 +109,9 @@ def check_source(config: RunConfig) -> None:
 
 
 def check_labels(config: RunConfig) -> None:
-    """The model loads, and the run folder holds no labels of another model or config."""
-    meta = load_predictor(config).meta
-    _check_ledger(Ledger.load(_layout(config)), config, meta.model_version)
+    """The model loads (or loaded before from the same bytes: ``pipeline.model_ids``), and the
+    run folder holds no labels of another model or config."""
+    _check_ledger(Ledger.load(_layout(config)), config, model_info(config).model_version)
 
 
 @contextmanager
@@ -142,8 +144,9 @@ def _missing_folders(path: Path) -> list[Path]:
 
 def plan_run(config: RunConfig, lease: str) -> RunPlan:
     """List the source, leave out what the run folder already holds, cut the rest into shards
-    and load the model once, so a run that cannot work fails here. Damaged shard files are
-    moved aside first, so their images count as not labeled."""
+    and, when there is something to label, load the model once, so a run that cannot work
+    fails here. Damaged shard files are moved aside first, so their images count as not
+    labeled."""
     started = datetime.now(UTC)
     layout = _layout(config)
     listed = list(storage_for(config.source, config).list(config.source))
@@ -154,8 +157,7 @@ def plan_run(config: RunConfig, lease: str) -> RunPlan:
     )
     if not items:
         raise RunError(f"{config.source}: no images found (looked for {_EXTENSIONS})")
-    predictor = load_predictor(config)
-    meta = predictor.meta
+    model = model_info(config)
     verify_lease(layout.storage, layout.lease, lease)
     ledger = Ledger.load(layout)
     damage = [*ledger.damaged, *ledger.damaged_records(layout)]
@@ -163,15 +165,8 @@ def plan_run(config: RunConfig, lease: str) -> RunPlan:
         quarantine(layout, found)
     if damage:
         ledger = Ledger.load(layout)
-    _check_ledger(ledger, config, meta.model_version)
+    _check_ledger(ledger, config, model.model_version)
     todo = items if config.force else ledger.todo(items)
-    model = ModelInfo(
-        ref=config.model,
-        arch=meta.arch,
-        source=meta.source,
-        model_version=meta.model_version,
-        class_names=meta.class_names,
-    )
     shards = tuple(plan_shards(todo, config.shard_size, ledger.next_generation, lease))
     skipped = sum(1 for i in listed if not is_image_name(i.key))
     return RunPlan(
@@ -183,7 +178,7 @@ def plan_run(config: RunConfig, lease: str) -> RunPlan:
         skipped,
         model,
         started,
-        engine=f"{predictor.engine.name} {predictor.precision}",
+        engine=_engine(config) if shards else None,
         repaired=tuple(f"{d.uri}: {d.reason}" for d in damage),
     )
 
@@ -225,7 +220,7 @@ def finish_run(plan: RunPlan) -> RunSummary:
         images=view.images.num_rows,
         images_failed=len(failed),
         regions=view.regions.num_rows,
-        engine=plan.engine,
+        engine=plan.engine or _recorded_engine(layout),
     )
     layout.storage.write_atomic(layout.manifest, manifest.model_dump_json(indent=2).encode())
     return RunSummary(
@@ -264,6 +259,8 @@ def finish_if_done(config: RunConfig, lease: str) -> RunSummary | None:
 
 def annotate(config: RunConfig) -> RunSummary:
     """The whole run in this process, without Prefect."""
+    from pipeline.shards import process_shard  # the labeling code (torch): only runs need it
+
     with ExitStack() as stack:
         lease = retrying(lambda: stack.enter_context(run_lease(config)))
         for _ in range(REPAIR_PASSES):
@@ -276,6 +273,23 @@ def annotate(config: RunConfig) -> RunSummary:
             except DamagedShardError as exc:
                 damaged = exc
         raise damaged
+
+
+def _engine(config: RunConfig) -> str:
+    from pipeline.models import load_predictor  # torch loads only for a pass that labels
+
+    predictor = load_predictor(config)
+    return f"{predictor.engine.name} {predictor.precision}"
+
+
+def _recorded_engine(layout: RunLayout) -> str | None:
+    """What labeled the run folder's images, as its manifest says: a pass that labels
+    nothing keeps it."""
+    try:
+        data = layout.storage.read(layout.manifest)
+    except NotFoundError:
+        return None
+    return RunManifest.model_validate_json(data).engine
 
 
 def _layout(config: RunConfig) -> RunLayout:

@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 
 from pipeline.exporters.view import ExportOptions
 from pipeline.regions import RegionPolicy
-from pipeline.s3 import S3Settings
+from pipeline.s3_settings import S3Settings
 
 ENV_PREFIX, ENV_NESTED = "PRELABEL_", "__"
 # The devices deeplab.predictor.resolve_device is meant for (the --device help, README); "auto"

@@ -18,16 +18,16 @@ import numpy as np
 import torch
 
 import deeplab
-from deeplab.demo import DEMO_CHECKPOINT
-from deeplab.engines import Engine, EngineError, openvino_missing, timings
+from deeplab.engines import Engine, openvino_missing, timings
+from deeplab.errors import EngineError
 from deeplab.files import write_atomic
 from deeplab.predictor import resolve_device
 from pipeline.config import RunConfig, default_cache_dir
 from pipeline.errors import PrelabelError
+from pipeline.model_ids import resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
-DEMO = "demo"
 CPU_BATCH, GPU_BATCH = 2, 8
 ENGINES: tuple[Engine, ...] = ("torch", "openvino")
 PROBE = (480, 640)  # the image (h, w) engines are timed on: a common photo size
@@ -38,15 +38,12 @@ class ModelSetupError(PrelabelError):
     lacks)."""
 
 
-def resolve_checkpoint(ref: str) -> Path:
-    """``demo`` is the model bundled with the package; anything else is a file path."""
-    return DEMO_CHECKPOINT if ref == DEMO else Path(ref).expanduser()
-
-
 def load_predictor(config: RunConfig) -> deeplab.Predictor:
-    """The run's predictor, loaded once per process for the settings that shape it."""
+    """The run's predictor, loaded once per process for the settings that shape it and the
+    checkpoint file as it is now: a worker that serves runs for days sees a replaced file."""
     return _cached(
         config.model,
+        _file_stamp(resolve_checkpoint(config.model)),
         config.device,
         config.low_confidence,
         config.precision,
@@ -57,9 +54,18 @@ def load_predictor(config: RunConfig) -> deeplab.Predictor:
     )
 
 
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None  # the load names the file and the reason
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 @lru_cache(maxsize=2)
 def _cached(
     ref: str,
+    stamp: tuple[int, int, int] | None,  # the file's (inode, size, mtime): part of the key only
     device: str,
     low_confidence: float,
     precision: str,

@@ -20,7 +20,7 @@ from deeplab.files import write_atomic
 from pipeline.errors import PrelabelError
 
 if TYPE_CHECKING:
-    from pipeline.s3 import S3Settings
+    from pipeline.s3_settings import S3Settings
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pipeline.exporters import RunView, open_run
 from pipeline.records import ImageRecord, RegionColumns
 from pipeline.regions import RegionPolicy, regions_from_class_map
 from pipeline.run_folder import ModelInfo, RunLayout, RunManifest
-from pipeline.shards import image_id_for
+from pipeline.shard_plan import image_id_for
 from pipeline.storage import LocalStorage
 from pipeline.tables import images_table, regions_table, write_table
 

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 import deeplab
 import deeplab.scenes
 import pipeline.finetune
-from deeplab.demo import DEMO_CHECKPOINT
+from deeplab.bundled import DEMO_CHECKPOINT
 from deeplab.predictor import Predictor
 from deeplab.scenes import DEMO_CLASSES, Scene
 from deeplab.train import StepLog

@@ -25,7 +25,8 @@ from pipeline.annotate import RunSummary, annotate
 from pipeline.config import RunConfig
 from pipeline.ledger import Ledger
 from pipeline.run_folder import RunLayout
-from pipeline.s3 import S3Settings, S3Storage, split_uri
+from pipeline.s3 import S3Storage, split_uri
+from pipeline.s3_settings import S3Settings
 from pipeline.storage import StorageError, storage_for
 
 if TYPE_CHECKING:

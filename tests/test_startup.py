@@ -1,0 +1,132 @@
+"""The command line starts without torch, Prefect or boto3, and a rerun with nothing to label
+answers without loading the model: its identity comes from the checkpoint's bytes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import deeplab
+from deeplab.bundled import DEMO_CHECKPOINT
+from pipeline import model_ids
+from pipeline.config import RunConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+HEAVY = ("torch", "prefect", "boto3")
+
+
+def _python(code: str, tmp_path: Path) -> list[str]:
+    """Runs ``code`` in a fresh interpreter with its own cache; returns its printed lines."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "c")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_the_command_line_imports_no_heavy_library(tmp_path: Path) -> None:
+    loaded = _python(
+        f"import sys, flows.cli, pipeline.config; print([m for m in {HEAVY} if m in sys.modules])",
+        tmp_path,
+    )
+    assert loaded == ["[]"]
+
+
+def test_a_rerun_with_nothing_to_label_loads_no_model(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code = f"""
+import sys
+from flows.cli import app
+try:
+    app(["annotate", {str(EXAMPLES)!r}, "--out", {str(out)!r}], standalone_mode=False)
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print([m for m in {HEAVY} if m in sys.modules])
+"""
+    # Two processes sharing a cache: the first labels, the second finds nothing to do.
+    assert "torch" in _python(code, tmp_path)[-1]
+    before = _manifest(out)
+    assert _python(code, tmp_path)[-1] == "[]"
+    assert _manifest(out) == before  # the same run, engine included
+
+
+def _manifest(out: Path) -> dict[str, object]:
+    """``run.json`` without its times."""
+    manifest = json.loads((out / "run.json").read_text())
+    return {k: v for k, v in manifest.items() if k not in ("started_at", "finished_at")}
+
+
+def _config(tmp_path: Path, model: Path | str = "demo", stride: int | None = None) -> RunConfig:
+    return RunConfig(
+        source=str(EXAMPLES),
+        out=str(tmp_path / "run"),
+        model=str(model),
+        device="cpu",
+        engine="torch",
+        output_stride=stride,
+        cache_dir=tmp_path / "cache",
+    )
+
+
+def _no_load(config: RunConfig) -> None:
+    raise AssertionError("the model was loaded")
+
+
+def test_a_checkpoint_loaded_once_is_known_by_its_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint = tmp_path / "model.safetensors"
+    shutil.copy(DEMO_CHECKPOINT, checkpoint)
+    _, meta = deeplab.load(checkpoint)
+
+    first = model_ids.model_info(_config(tmp_path, checkpoint))
+    assert (first.model_version, first.arch, first.class_names) == (
+        meta.model_version,
+        meta.arch,
+        meta.class_names,
+    )
+    monkeypatch.setattr("pipeline.models.load_predictor", _no_load)
+    assert model_ids.model_info(_config(tmp_path, checkpoint)) == first
+    # The same bytes under another name are the same model; the ref is what was asked for.
+    assert model_ids.model_info(_config(tmp_path, "demo")).model_version == meta.model_version
+    assert model_ids.model_info(_config(tmp_path, "demo")).ref == "demo"
+
+    # Other bytes at the same path: another model, loaded to learn what it is.
+    model, _ = deeplab.load(checkpoint)
+    next(model.parameters()).data.add_(1.0)
+    changed = deeplab.save(model, meta, checkpoint)
+    with pytest.raises(AssertionError, match="was loaded"):
+        model_ids.model_info(_config(tmp_path, checkpoint))
+    monkeypatch.undo()
+    assert model_ids.model_info(_config(tmp_path, checkpoint)).model_version == (
+        changed.model_version
+    )
+
+
+def test_another_output_stride_is_another_model(tmp_path: Path) -> None:
+    at_16 = model_ids.model_info(_config(tmp_path))
+    at_8 = model_ids.model_info(_config(tmp_path, stride=8))
+    model, meta = deeplab.load(DEMO_CHECKPOINT)
+    assert at_8.model_version == deeplab.at_output_stride(model, meta, 8)[1].model_version
+    assert at_8.model_version != at_16.model_version
+
+
+def test_a_damaged_cache_costs_a_load_not_a_wrong_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    known = model_ids.model_info(_config(tmp_path))
+    (tmp_path / "cache" / "models.json").write_text('{"not": "entries"')
+    loads: list[RunConfig] = []
+    import pipeline.models
+
+    original = pipeline.models.load_predictor
+    monkeypatch.setattr("pipeline.models.load_predictor", lambda c: loads.append(c) or original(c))
+    assert model_ids.model_info(_config(tmp_path)) == known
+    assert len(loads) == 1
