@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from flows.cli_common import cannot_start, console, describe, option_flags
 from pipeline.errors import PrelabelError
 from pipeline.exporters import ExportOptions, open_run
+from pipeline.exporters.label_studio import check_image_urls
 from pipeline.label_studio_api import TOKEN_VARIABLES, LabelStudio, LabelStudioError, token_from_env
 from pipeline.review_sync import ReviewSyncError, pull, push
 
@@ -27,6 +28,14 @@ def push_command(
     image_url_prefix: Annotated[
         str | None, typer.Option(help="Image URL = prefix + key (else the source URI).")
     ] = None,
+    local_files_root: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DIR",
+            help="Image URL = /data/local-files/?d= + the image's path under DIR, "
+            "Label Studio's LOCAL_FILES_DOCUMENT_ROOT.",
+        ),
+    ] = None,
     ls_regions: Annotated[
         str, typer.Option(help="polygon (brush where needed) or brush.")
     ] = "polygon",
@@ -37,12 +46,17 @@ def push_command(
     has annotated yet, and leaves annotated ones alone.
     """
     try:
-        options = ExportOptions(ls_regions=ls_regions, image_url_prefix=image_url_prefix)
+        options = ExportOptions(
+            ls_regions=ls_regions,
+            image_url_prefix=image_url_prefix,
+            local_files_root=local_files_root,
+        )
     except ValidationError as exc:
-        flags = option_flags(["ls_regions", "image_url_prefix"])
+        flags = option_flags(["ls_regions", "image_url_prefix", "local_files_root"])
         cannot_start("; ".join(describe(e, flags) for e in exc.errors()))
     try:
         view = open_run(run)
+        notice = check_image_urls(view, options)  # an image outside the root: nothing sent
         with LabelStudio(label_studio, token_from_env()) as client:
             summary = push(client, view, project, options)
     except (LabelStudioError, ReviewSyncError, PrelabelError) as exc:
@@ -55,6 +69,8 @@ def push_command(
         markup=False,
         soft_wrap=True,
     )
+    if notice is not None:
+        console.print(f"note: {notice}", highlight=False, markup=False, soft_wrap=True)
 
 
 def pull_command(

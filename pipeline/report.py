@@ -50,8 +50,9 @@ from pydantic import ValidationError
 from pipeline.config import RunConfig
 from pipeline.exporters.class_maps import class_colours
 from pipeline.exporters.view import ExportError, RunView
+from pipeline.review_sync import push_record
 from pipeline.run_folder import RunManifest
-from pipeline.s3 import S3Settings
+from pipeline.s3_settings import S3Settings
 from pipeline.storage import Storage, storage_for
 from pipeline.thumbnails import review_pictures
 
@@ -122,6 +123,7 @@ class _Entry:
     counts: Mapping[int, int]  # regions per class
     one_class: int | None  # the class of its whole class map, when it has only one
     note: str | None
+    task: str | None = None  # its Label Studio task's address, when the run was pushed
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +173,7 @@ def write_report(
     colours = class_colours(len(view.class_names), view.background)
     originals = _originals(shown, manifest) if source_images else {}
     max_pixels = _max_pixels(manifest)
+    pushed = push_record(view)
     back = f"../{quote(page_name)}"
 
     def render(image: dict[str, Any]) -> tuple[_Entry, list[str]]:
@@ -178,17 +181,18 @@ def write_report(
         rows = regions.get(image["image_id"], [])
         counts = Counter(row["class_id"] for row in rows)
         alone = one_class.get(image["image_id"])
+        task = pushed.task_url(image["image_id"]) if pushed else None
         reader = originals.get(image["uri"])
         try:
             pictures = review_pictures(
                 image, rows, colours, view.background, originals=reader, max_pixels=max_pixels
             )
         except ValueError as exc:  # regions whose RLE does not fit the image: a broken record
-            return _Entry(image, name, None, counts, alone, f"no thumbnail: {exc}"), []
+            return _Entry(image, name, None, counts, alone, f"no thumbnail: {exc}", task), []
         note = pictures.note
         if source_images and reader is None:
             note = f"original not readable: no storage serves {image['uri']}"
-        entry = _Entry(image, name, pictures.thumbnail_size, counts, alone, note)
+        entry = _Entry(image, name, pictures.thumbnail_size, counts, alone, note, task)
         files = {
             f"{name}.png": pictures.thumbnail,
             f"{name}.jpg": pictures.view,
@@ -403,9 +407,14 @@ def _details(entry: _Entry, names: Sequence[str], colours: Sequence[tuple[int, i
         for class_id, count in sorted(entry.counts.items())
     )
     note = f'<p class="note">{_e(entry.note)}</p>' if entry.note else ""
+    task = (
+        f'<p class="task"><a href="{_e(entry.task)}">Open its Label Studio task</a></p>'
+        if entry.task
+        else ""
+    )
     return (
         f'{flag}<table class="figures"><tr>{head}</tr><tr>{values}</tr></table>\n'
-        f'<p class="classes">{classes}</p>{note}'
+        f'<p class="classes">{classes}</p>{note}{task}'
     )
 
 

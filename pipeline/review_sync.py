@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict
 
 from pipeline.exporters.class_maps import class_colours
 from pipeline.exporters.label_studio import label_config, label_studio_tasks
@@ -38,15 +39,17 @@ from pipeline.exporters.masks import (
 from pipeline.exporters.view import ExportOptions, RunView
 from pipeline.label_studio_api import LabelStudio
 from pipeline.polygons import rasterize_polygons
-from pipeline.storage import storage_for
+from pipeline.storage import NotFoundError, storage_for
 
 __all__ = [
     "PullSummary",
+    "PushRecord",
     "PushSummary",
     "ReviewSyncError",
     "decode_brush_rle",
     "pull",
     "push",
+    "push_record",
 ]
 
 META = "prelabel"  # the key of prelabel's part of a task's meta
@@ -67,6 +70,32 @@ class PushSummary:
     skipped: int  # different, but annotated or drafted: left to the reviewer
 
 
+class PushRecord(BaseModel):
+    """Where a run's images went, kept in the run folder (``review/label-studio.json``) so
+    the review report can open each image's task."""
+
+    model_config = ConfigDict(frozen=True)
+
+    url: str  # Label Studio's address, as given
+    project: str
+    project_id: int
+    tasks: dict[str, int]  # image id -> task id
+
+    def task_url(self, image_id: str) -> str | None:
+        task = self.tasks.get(image_id)
+        if task is None or not self.url.startswith(("http://", "https://")):
+            return None  # a link the page would open must be a web address
+        return f"{self.url.rstrip('/')}/projects/{self.project_id}/data?task={task}"
+
+
+def push_record(view: RunView) -> PushRecord | None:
+    """The run's last push, if it was pushed."""
+    try:
+        return PushRecord.model_validate_json(view.layout.storage.read(view.layout.pushed))
+    except NotFoundError:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class PullSummary:
     project_id: int
@@ -82,11 +111,7 @@ def push(client: LabelStudio, view: RunView, title: str, options: ExportOptions)
         title, label_config(view.class_names, view.background)
     )
     project_id = int(project["id"])
-    existing: dict[str, dict[str, Any]] = {}
-    for task in client.tasks(project_id):
-        image_id = task["data"].get("prelabel_image_id")
-        if isinstance(image_id, str):
-            existing.setdefault(image_id, task)
+    existing = _by_image(client.tasks(project_id))
     sizes = {row["image_id"]: (row["width"], row["height"]) for row in view.ok_images()}
     new: list[dict[str, Any]] = []
     outcomes: Counter[str] = Counter()
@@ -110,9 +135,28 @@ def push(client: LabelStudio, view: RunView, title: str, options: ExportOptions)
         raise ReviewSyncError(
             f"{client.url}: project {title!r} took {imported} of {len(new)} new tasks"
         )
+    # The import answers with counts only: the new tasks' ids come from a listing.
+    ids = {**existing, **_by_image(client.tasks(project_id))} if new else existing
+    record = PushRecord(
+        url=client.url,
+        project=title,
+        project_id=project_id,
+        tasks={image_id: int(ids[image_id]["id"]) for image_id in sizes if image_id in ids},
+    )
+    view.layout.storage.write_atomic(view.layout.pushed, record.model_dump_json(indent=1).encode())
     return PushSummary(
         project_id, len(new), outcomes["updated"], outcomes["unchanged"], outcomes["skipped"]
     )
+
+
+def _by_image(tasks: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """Tasks by the image id prelabel gave them; the first of any duplicates."""
+    found: dict[str, Mapping[str, Any]] = {}
+    for task in tasks:
+        image_id = task["data"].get("prelabel_image_id")
+        if isinstance(image_id, str):
+            found.setdefault(image_id, task)
+    return found
 
 
 def pull(client: LabelStudio, title: str, out: str) -> PullSummary:

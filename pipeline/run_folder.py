@@ -41,6 +41,11 @@ class RunLayout:
     def images(self, shard_id: str) -> str:
         return self.storage.join(self.root, "images", f"{shard_id}.parquet")
 
+    @property
+    def pushed(self) -> str:
+        """Where the run's images went in Label Studio (``pipeline.review_sync``)."""
+        return self.storage.join(self.root, "review", "label-studio.json")
+
     def export(self, name: str) -> str:
         return self.storage.join(self.root, "exports", name)
 

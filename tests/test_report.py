@@ -36,6 +36,7 @@ from pipeline.exporters import ExportError, RunView, open_run
 from pipeline.exporters.class_maps import class_colours, class_map_of
 from pipeline.regions import RegionPolicy
 from pipeline.report import one_class_images, write_report
+from pipeline.review_sync import PushRecord
 from pipeline.thumbnails import ALPHA, NEUTRAL, paint, review_pictures
 from tests.browser import chromium
 from tests.runs import SHARD, write_run
@@ -300,6 +301,32 @@ def test_every_string_from_data_is_escaped(hostile: RunView) -> None:
         assert_inert(view, view=True)
         assert view.title == f"{row['key']} - {TITLE}"
         assert view.keys == [row["key"]]
+
+
+def _links(path: Path) -> list[str]:
+    return [a["href"] or "" for tag, a in Page(path.read_text()).elements if tag == "a"]
+
+
+def test_a_pushed_run_links_each_image_to_its_label_studio_task(hostile: RunView) -> None:
+    rows = hostile.ok_images()
+    tasks = {row["image_id"]: 100 + i for i, row in enumerate(rows)}
+    record = PushRecord(url="http://ls.test:8080/", project="p", project_id=7, tasks=tasks)
+    hostile.layout.storage.write_atomic(hostile.layout.pushed, record.model_dump_json().encode())
+    report = write_report(hostile, source_images=False)
+    queue = _links(Path(report.page))
+    for row in rows:
+        task = f"http://ls.test:8080/projects/7/data?task={tasks[row['image_id']]}"
+        assert task in queue
+        assert task in _links(Path(report.page).parent / "report" / f"{row['image_id']}.html")
+
+    # A record whose address is not a web address (hand-edited, say) links nothing.
+    hostile.layout.storage.write_atomic(
+        hostile.layout.pushed,
+        record.model_copy(update={"url": "javascript:alert(1)"}).model_dump_json().encode(),
+    )
+    report = write_report(hostile, source_images=False)
+    assert "javascript" not in Path(report.page).read_text()
+    assert_inert(Page(Path(report.page).read_text()))
 
 
 def test_failed_images_are_listed_with_their_reasons(hostile: RunView) -> None:

@@ -34,7 +34,7 @@ from pipeline.exporters.masks import export_masks
 from pipeline.label_studio_api import LabelStudio, LabelStudioError, token_from_env
 from pipeline.polygons import rasterize_polygons
 from pipeline.regions import RegionPolicy
-from pipeline.review_sync import decode_brush_rle, pull, push
+from pipeline.review_sync import decode_brush_rle, pull, push, push_record
 from tests.runs import write_run
 
 if TYPE_CHECKING:
@@ -154,6 +154,10 @@ def test_push_creates_the_project_and_its_tasks_arrive_intact(
         assert prediction["result"] == expected["result"]  # every value, e.g. points and RLE
         kinds |= {r["type"] for r in expected["result"]}
     assert kinds == {"polygonlabels", "brushlabels"}  # the box with a hole went as a brush
+    # The run folder says where each image went, for the report's links.
+    record = push_record(view)
+    assert record is not None and record.project == title
+    assert record.tasks == {image_id: task["id"] for image_id, task in tasks.items()}
 
 
 @pytest.mark.integration
