@@ -15,7 +15,7 @@ from importlib import metadata
 from typing import Annotated, Any, Literal
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_settings import SettingsError
 from rich.progress import (
     BarColumn,
@@ -59,10 +59,19 @@ from pipeline.exporters import (
 )
 from pipeline.exporters.label_studio import check_image_urls
 from pipeline.exporters.view import recorded_formats
+from pipeline.regions import RegionPolicy
 from pipeline.retry import retrying
 from pipeline.storage import storage_for
 
 _FORMATS = ", ".join(EXPORTERS)
+
+
+def _default(field: str, model: type[BaseModel] = RunConfig) -> str:
+    """A setting's default as help shows it, read from the config so the two cannot differ;
+    a PRELABEL_* variable set in the environment overrides it."""
+    value = model.model_fields[field].default
+    return ",".join(value) if isinstance(value, tuple) else str(value)
+
 
 app = typer.Typer(
     add_completion=False,
@@ -103,28 +112,54 @@ def annotate(
     ],
     out: Annotated[str, typer.Option("--out", "-o", help="Run folder to write.")],
     model: Annotated[
-        str | None, typer.Option(help="'demo' (bundled) or a checkpoint file.")
+        str | None,
+        typer.Option(show_default=_default("model"), help="'demo' (bundled) or a checkpoint file."),
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per forward pass.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(show_default="2 on a CPU, 8 on a GPU", help="Images per forward pass."),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(show_default=_default("device"), help="auto, cpu, cuda or cuda:N.")
+    ] = None,
     max_side: Annotated[
-        int | None, typer.Option(help="Longer side the model sees; larger images are downscaled.")
+        int | None,
+        typer.Option(
+            show_default=_default("max_side"),
+            help="Longer side the model sees; larger images are downscaled.",
+        ),
     ] = None,
-    shard_size: Annotated[int | None, typer.Option(help="Images per shard (task).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Read/decode threads.")] = None,
+    shard_size: Annotated[
+        int | None,
+        typer.Option(show_default=_default("shard_size"), help="Images per shard (task)."),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(show_default="cores, up to 8", help="Read/decode threads.")
+    ] = None,
     export: Annotated[
         list[str] | None,
-        typer.Option("--export", help=f"Formats to write at the end (repeat): {_FORMATS}."),
+        typer.Option(
+            "--export",
+            show_default=_default("exports"),
+            help=f"Formats to write at the end (repeat): {_FORMATS}.",
+        ),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Re-label images the run folder already holds.")
     ] = False,
     instances: Annotated[
         str | None,
-        typer.Option(help="components (a region per connected part) or semantic (per class)."),
+        typer.Option(
+            show_default=_default("instances", RegionPolicy),
+            help="components (a region per connected part) or semantic (per class).",
+        ),
     ] = None,
     min_area: Annotated[
-        int | None, typer.Option(help="Drop parts smaller than this many pixels.")
+        int | None,
+        typer.Option(
+            show_default=_default("min_area", RegionPolicy),
+            help="Drop parts smaller than this many pixels.",
+        ),
     ] = None,
     executor: Annotated[
         str,
@@ -133,25 +168,38 @@ def annotate(
         ),
     ] = "local",
     precision: Annotated[
-        str | None, typer.Option(help="auto, float32, bfloat16 or float16 (CUDA).")
+        str | None,
+        typer.Option(
+            show_default=_default("precision"), help="auto, float32, bfloat16 or float16 (CUDA)."
+        ),
     ] = None,
     compile_model: Annotated[
         bool, typer.Option("--compile", help="torch.compile the model (pays a compile).")
     ] = False,
     engine: Annotated[
         str | None,
-        typer.Option(help="auto, torch or openvino (CPU); auto times both once per model."),
+        typer.Option(
+            show_default=_default("engine"),
+            help="auto, torch or openvino (CPU); auto times both once per model.",
+        ),
     ] = None,
     output_stride: Annotated[
         int | None,
-        typer.Option(help="8, 16 or 32: run the model at this stride (default: as trained)."),
+        typer.Option(
+            show_default="as trained",
+            help="8, 16 or 32: run the model at this stride.",
+        ),
     ] = None,
     large_images: Annotated[
         str | None,
-        typer.Option(help="Over --max-side: downscale, or tile at full resolution."),
+        typer.Option(
+            show_default=_default("large_images"),
+            help="Over --max-side: downscale, or tile at full resolution.",
+        ),
     ] = None,
     tile_size: Annotated[
-        int | None, typer.Option(help="Tile side for --large-images tile.")
+        int | None,
+        typer.Option(show_default=_default("tile_size"), help="Tile side for --large-images tile."),
     ] = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show Prefect's and every library's logs.")
@@ -502,6 +550,8 @@ def _print_summary(summary: RunSummary) -> None:
     for uri in summary.exports:
         table.add_row("export", uri)
     console.print(table)
+    for note in summary.notes:
+        console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     if summary.failed:
         console.print(
             f"[bold yellow]{len(summary.failed)} images failed[/] "

@@ -15,6 +15,7 @@ from pipeline.config import RunConfig
 from pipeline.decode import IMAGE_EXTENSIONS, is_image_name
 from pipeline.errors import PrelabelError
 from pipeline.exporters import export, view_of
+from pipeline.exporters.label_studio import check_image_urls
 from pipeline.lease import Lease, held_here, holding
 from pipeline.lease import verify as verify_lease
 from pipeline.ledger import DamagedShardError, Ledger, LedgerConflictError, quarantine
@@ -68,6 +69,7 @@ class RunSummary:
     shards: tuple[ShardStats, ...]  # this pass's shards
     engine: str | None  # what ran the forward here, and at which precision; None: nothing ran
     repaired: tuple[str, ...] = ()  # damaged shards moved aside and labeled again
+    notes: tuple[str, ...] = ()  # what the user should know about the exports
 
     @property
     def labeled(self) -> int:
@@ -198,6 +200,10 @@ def finish_run(plan: RunPlan) -> RunSummary:
     except DamagedShardError as exc:
         quarantine(layout, exc.damage)
         raise
+    notes = []
+    if "label-studio" in config.exports:
+        notice = check_image_urls(view, config.export_options)  # before anything is written
+        notes += [notice] if notice else []
     exports = export(view, config.exports, config.export_options)
     finished = datetime.now(UTC)
     failed = tuple(
@@ -237,6 +243,7 @@ def finish_run(plan: RunPlan) -> RunSummary:
         shards=shards,
         engine=plan.engine,
         repaired=plan.repaired,
+        notes=tuple(notes),
     )
 
 

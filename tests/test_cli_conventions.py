@@ -75,3 +75,19 @@ def test_a_rerun_with_nothing_to_label_needs_no_prefect_server(tmp_path: Path) -
     assert rerun.returncode == 0, rerun.stderr
     assert "0 processed, 2 already done" in rerun.stderr
     assert (out / "exports" / "coco.json").is_file()  # the exports are written again
+
+
+def test_every_annotate_option_shows_its_default() -> None:
+    import typer
+    from typer.core import TyperOption
+
+    from flows.cli import app
+
+    annotate = typer.main.get_command(app).commands["annotate"]  # type: ignore[attr-defined]
+    silent = [
+        param.name
+        for param in annotate.params
+        if isinstance(param, TyperOption)
+        and not (param.required or param.is_flag or param.show_default or param.default is not None)
+    ]
+    assert silent == []

@@ -422,3 +422,26 @@ def test_brush_rle_edge_cases_decode_with_label_studio(ls_decode: Decoder) -> No
         mask = np.zeros((h, w), bool)
         mask[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop
         assert np.array_equal(decoded, _rgba(mask))
+
+
+def test_annotate_writing_tasks_with_local_paths_says_so(tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    source.mkdir()
+    scene = next(scenes(3, 1, height=40, width=56))
+    Image.fromarray(scene.image).save(source / "a.png")
+    common = {
+        "source": str(source),
+        "device": "cpu",
+        "engine": "torch",
+        "exports": ["label-studio"],
+    }
+    local = annotate(RunConfig(out=str(tmp_path / "local"), **common))
+    assert len(local.notes) == 1 and "absolute local paths" in local.notes[0]
+    served = annotate(
+        RunConfig(
+            out=str(tmp_path / "served"),
+            export_options=ExportOptions(image_url_prefix="https://x.test/"),
+            **common,
+        )
+    )
+    assert served.notes == ()
