@@ -144,14 +144,21 @@ def _missing_folders(path: Path) -> list[Path]:
     return missing
 
 
-def plan_run(config: RunConfig, lease: str) -> RunPlan:
+# A listing made by a plan that found work, kept for the flow's own plan in this process
+# under the same lease: a rerun with new images lists its source once, not twice.
+_handed_over: dict[tuple[str, str], list[ObjectInfo]] = {}
+
+
+def plan_run(config: RunConfig, lease: str, *, hand_over: bool = False) -> RunPlan:
     """List the source, leave out what the run folder already holds, cut the rest into shards
     and, when there is something to label, load the model once, so a run that cannot work
     fails here. Damaged shard files are moved aside first, so their images count as not
     labeled."""
     started = datetime.now(UTC)
     layout = _layout(config)
-    listed = list(storage_for(config.source, config).list(config.source))
+    listed = _handed_over.pop((lease, config.source), None)
+    if listed is None:
+        listed = list(storage_for(config.source, config).list(config.source))
     # Sorted by key: shards, ids and outputs are the same whatever order the store lists in.
     items = sorted(
         (i for i in listed if is_image_name(i.key) and not _inside(i, config.out)),
@@ -171,6 +178,8 @@ def plan_run(config: RunConfig, lease: str) -> RunPlan:
     todo = items if config.force else ledger.todo(items)
     shards = tuple(plan_shards(todo, config.shard_size, ledger.next_generation, lease))
     skipped = sum(1 for i in listed if not is_image_name(i.key))
+    if hand_over and shards:
+        _handed_over[(lease, config.source)] = listed
     return RunPlan(
         config,
         lease,
@@ -255,7 +264,7 @@ def finish_if_done(config: RunConfig, lease: str) -> RunSummary | None:
     layout = _layout(config)
     if config.force or not retrying(lambda: layout.storage.exists(layout.manifest)):
         return None
-    plan = retrying(lambda: plan_run(config, lease))
+    plan = retrying(lambda: plan_run(config, lease, hand_over=True))
     if plan.shards:
         return None
     try:

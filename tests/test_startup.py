@@ -130,3 +130,34 @@ def test_a_damaged_cache_costs_a_load_not_a_wrong_answer(
     monkeypatch.setattr("pipeline.models.load_predictor", lambda c: loads.append(c) or original(c))
     assert model_ids.model_info(_config(tmp_path)) == known
     assert len(loads) == 1
+
+
+def test_a_rerun_with_new_images_lists_its_source_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command line plans to learn whether there is work; the flow's plan in the same
+    process takes that listing over instead of listing the source again."""
+    from pipeline.annotate import annotate, finish_if_done, plan_run, run_lease
+    from pipeline.storage import LocalStorage
+
+    source = tmp_path / "in"
+    source.mkdir()
+    shutil.copy(EXAMPLES / "scene-000.jpg", source)
+    config = _config(tmp_path).model_copy(update={"source": str(source)})
+    annotate(config)
+    shutil.copy(EXAMPLES / "scene-001.jpg", source)
+    listings: list[str] = []
+    original = LocalStorage.list
+
+    def counted(self: LocalStorage, prefix: str) -> object:
+        listings.append(prefix)
+        return original(self, prefix)
+
+    monkeypatch.setattr(LocalStorage, "list", counted)
+    with run_lease(config) as lease:
+        assert finish_if_done(config, lease.token) is None  # there is work
+        plan = plan_run(config, lease.token)  # the flow's plan
+        again = plan_run(config, lease.token)  # a repair pass lists afresh
+    assert [item.key for shard in plan.shards for item in shard.items] == ["scene-001.jpg"]
+    assert [prefix for prefix in listings if prefix == str(source)] == [str(source)] * 2
+    assert again.shards == plan.shards
