@@ -26,9 +26,9 @@ from pathlib import Path
 
 def run_once(source: str, out: str, device: str) -> None:
     """In the child process: one run, then its figures as one JSON line."""
-    from pipeline.annotate import annotate
     from pipeline.config import RunConfig
-    from pipeline.models import load_predictor
+    from pipeline.labeling.annotate import annotate
+    from pipeline.labeling.models import load_predictor
 
     config = RunConfig(source=source, out=out, device=device)
     load_predictor(config)  # cached for the run

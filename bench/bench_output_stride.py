@@ -23,8 +23,8 @@ from deeplab.flops import count_gmacs
 from deeplab.metrics import confusion_matrix, mean_iou
 from deeplab.scenes import Scene, scenes
 from deeplab.stride import output_stride_of
-from pipeline.evaluate import boundary_counts
-from pipeline.model_ids import resolve_checkpoint
+from pipeline.labeling.model_ids import resolve_checkpoint
+from pipeline.quality.evaluate import boundary_counts
 
 STRIDES = (8, 16, 32)
 BATCH = 2

@@ -40,9 +40,9 @@ from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
 import deeplab
 from deeplab.demo import DEMO_CHECKPOINT
 from deeplab.scenes import scenes
-from pipeline.annotate import annotate
 from pipeline.config import RunConfig
-from pipeline.models import batch_size_for, load_predictor
+from pipeline.labeling.annotate import annotate
+from pipeline.labeling.models import batch_size_for, load_predictor
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

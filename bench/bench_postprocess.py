@@ -30,7 +30,8 @@ from pycocotools import mask as mask_utils
 
 import deeplab
 from deeplab.demo import DEMO_CHECKPOINT
-from pipeline.regions import RegionPolicy, image_regions
+from pipeline.geometry.policy import RegionPolicy
+from pipeline.geometry.regions import image_regions
 
 
 def blobs(rng: np.random.Generator, size: int, classes: int) -> npt.NDArray[np.uint8]:

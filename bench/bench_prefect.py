@@ -5,7 +5,7 @@
 Writes ``--images`` generated scenes of ``--size`` px square (small, so the model is cheap and
 the orchestration is what shows), then times, in this one process and on the same images with
 the bundled demo model:
-  1. ``pipeline.annotate.annotate`` (no Prefect),
+  1. ``pipeline.labeling.annotate.annotate`` (no Prefect),
   2. ``flows.annotate.annotate_flow`` on the ephemeral Prefect server (one task per shard,
      artifacts), after a warm-up flow has started the server (its start, printed separately,
      is paid once per process, not per run),
@@ -25,8 +25,8 @@ from pathlib import Path
 from PIL import Image
 
 from deeplab.scenes import scenes
-from pipeline.annotate import annotate
 from pipeline.config import RunConfig
+from pipeline.labeling.annotate import annotate
 
 
 def main() -> None:

@@ -27,8 +27,8 @@ from PIL import Image
 
 from deeplab.scenes import scenes
 from pipeline.config import RunConfig
-from pipeline.s3 import S3Storage
-from pipeline.s3_settings import S3Settings
+from pipeline.storage.s3 import S3Storage
+from pipeline.storage.s3_settings import S3Settings
 
 BUCKET = "bench"
 

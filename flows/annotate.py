@@ -31,8 +31,9 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectAlreadyExists
 
 from deeplab.predictor import resolve_device
-from pipeline import progress
-from pipeline.annotate import (
+from pipeline.config import RunConfig
+from pipeline.labeling import progress
+from pipeline.labeling.annotate import (
     REPAIR_PASSES,
     RunPlan,
     RunSummary,
@@ -40,11 +41,10 @@ from pipeline.annotate import (
     plan_run,
     run_lease,
 )
-from pipeline.config import RunConfig
-from pipeline.ledger import DamagedShardError
+from pipeline.labeling.shard_plan import Shard, ShardStats
+from pipeline.labeling.shards import process_shard
 from pipeline.retry import DELAYS, is_transient, retrying
-from pipeline.shard_plan import Shard, ShardStats
-from pipeline.shards import process_shard
+from pipeline.run.ledger import DamagedShardError
 
 SHARD_DEPLOYMENT = "annotate-shard/shard"
 P = ParamSpec("P")

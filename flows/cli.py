@@ -39,8 +39,20 @@ from flows.cli_common import (
 from flows.interrupt import Interrupted, interruptible
 from flows.local_server import ServerError, drain_to_server, temporary_server
 from flows.logs import log_file, send_logs_to
-from pipeline import exporters, progress
-from pipeline.annotate import (
+from pipeline.config import ENV_PREFIX, RunConfig, undecodable_variable
+from pipeline.errors import PrelabelError
+from pipeline.formats import (
+    EXPORTERS,
+    ExportError,
+    ExportOptions,
+    check_formats,
+    open_run,
+)
+from pipeline.formats import export as write_exports
+from pipeline.formats.label_studio import check_image_urls
+from pipeline.geometry.policy import RegionPolicy
+from pipeline.labeling import progress
+from pipeline.labeling.annotate import (
     RunSummary,
     check_labels,
     check_source,
@@ -48,19 +60,8 @@ from pipeline.annotate import (
     preflight,
     run_lease,
 )
-from pipeline.config import ENV_PREFIX, RunConfig, undecodable_variable
-from pipeline.errors import PrelabelError
-from pipeline.exporters import (
-    EXPORTERS,
-    ExportError,
-    ExportOptions,
-    check_formats,
-    open_run,
-)
-from pipeline.exporters.label_studio import check_image_urls
-from pipeline.exporters.view import recorded_formats
-from pipeline.regions import RegionPolicy
 from pipeline.retry import retrying
+from pipeline.run.view import recorded_formats
 from pipeline.storage import storage_for
 
 _FORMATS = ", ".join(EXPORTERS)
@@ -285,7 +286,7 @@ def export_command(
         view = open_run(run)
         # Before any format is written: a refused image URL leaves no export half-done.
         notice = check_image_urls(view, options) if "label-studio" in chosen else None
-        written = exporters.export(view, chosen, options)
+        written = write_exports(view, chosen, options)
     except ValidationError as exc:
         cannot_start("; ".join(describe(e, flags) for e in exc.errors()))
     except PrelabelError as exc:

@@ -10,15 +10,15 @@ from rich.table import Table
 
 from flows.cli_common import cannot_start, console
 from pipeline.errors import PrelabelError
-from pipeline.evaluate import (
+from pipeline.formats import open_run
+from pipeline.quality.evaluate import (
     EVALUATIONS,
     Evaluation,
     EvaluationError,
     evaluate_runs,
     model_label,
 )
-from pipeline.exporters import open_run
-from pipeline.truth import TruthError, open_truth
+from pipeline.quality.truth import TruthError, open_truth
 
 _LISTED = 20  # failures printed; the evaluation's JSON and markdown list them all
 

@@ -10,7 +10,7 @@ import typer
 
 from deeplab.errors import CheckpointError, EngineError
 from flows.cli_common import cannot_start, console
-from pipeline.model_ids import resolve_checkpoint
+from pipeline.labeling.model_ids import resolve_checkpoint
 
 _SUFFIX = {"onnx": ".onnx", "openvino": ".xml"}
 

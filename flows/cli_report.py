@@ -9,8 +9,8 @@ import typer
 
 from flows.cli_common import cannot_start, console
 from pipeline.errors import PrelabelError
-from pipeline.exporters import open_run
-from pipeline.report import DEFAULT_LIMIT, write_report
+from pipeline.formats import open_run
+from pipeline.review.report import DEFAULT_LIMIT, write_report
 
 
 def report_command(

@@ -13,10 +13,15 @@ from pydantic import ValidationError
 
 from flows.cli_common import cannot_start, console, describe, option_flags
 from pipeline.errors import PrelabelError
-from pipeline.exporters import ExportOptions, open_run
-from pipeline.exporters.label_studio import check_image_urls
-from pipeline.label_studio_api import TOKEN_VARIABLES, LabelStudio, LabelStudioError, token_from_env
-from pipeline.review_sync import ReviewSyncError, pull, push
+from pipeline.formats import ExportOptions, open_run
+from pipeline.formats.label_studio import check_image_urls
+from pipeline.review.label_studio_api import (
+    TOKEN_VARIABLES,
+    LabelStudio,
+    LabelStudioError,
+    token_from_env,
+)
+from pipeline.review.sync import ReviewSyncError, pull, push
 
 _URL_HELP = f"Label Studio's address, e.g. http://localhost:8080 (token: ${TOKEN_VARIABLES[0]})."
 

@@ -15,12 +15,12 @@ from rich.table import Table
 from deeplab.errors import CheckpointError
 from flows.cli_common import cannot_start, console, describe, option_flags
 from pipeline.errors import PrelabelError
-from pipeline.finetune_config import CPU_STEPS, GPU_STEPS, FinetuneConfig, FinetuneError
-from pipeline.truth import TruthError
+from pipeline.quality.truth import TruthError
+from pipeline.training.config import CPU_STEPS, GPU_STEPS, FinetuneConfig, FinetuneError
 
 if TYPE_CHECKING:
     from deeplab.train import StepLog
-    from pipeline.finetune import FinetuneResult, Plan
+    from pipeline.training.finetune import FinetuneResult, Plan
 
 
 def train_command(
@@ -77,7 +77,7 @@ def train_command(
         config = FinetuneConfig(**fields)
     except ValidationError as exc:
         cannot_start("; ".join(describe(e, option_flags(fields)) for e in exc.errors()))
-    from pipeline.finetune import finetune  # torch: loaded once the command is checked
+    from pipeline.training.finetune import finetune  # torch: loaded once the command is checked
 
     listener: _Bar | _Lines = _Bar() if console.is_terminal else _Lines()
     try:

@@ -8,9 +8,9 @@ import typer
 
 from flows.cli_common import cannot_start, console
 from pipeline.errors import PrelabelError
-from pipeline.run_folder import RunLayout
+from pipeline.run.layout import RunLayout
+from pipeline.run.verify import verify_run
 from pipeline.storage import storage_for
-from pipeline.verify import verify_run
 
 EXIT_PROBLEMS = 1
 

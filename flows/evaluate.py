@@ -8,9 +8,9 @@ import re
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from pipeline.evaluate import Evaluation, evaluate_runs, stored_evaluations, to_markdown
-from pipeline.exporters import open_run
-from pipeline.truth import open_truth
+from pipeline.formats import open_run
+from pipeline.quality.evaluate import Evaluation, evaluate_runs, stored_evaluations, to_markdown
+from pipeline.quality.truth import open_truth
 
 
 @flow(name="evaluate")

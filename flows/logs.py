@@ -18,7 +18,7 @@ from pipeline.config import default_cache_dir
 
 # What a person must see while a run works, even without --verbose: a lease taken over, a
 # damaged shard moved aside, an engine that cannot load. One line each, no traceback.
-_NOTICES = ("pipeline.lease", "pipeline.ledger", "pipeline.models")
+_NOTICES = ("pipeline.run.lease", "pipeline.run.ledger", "pipeline.labeling.models")
 # Loggers Prefect gives handlers of their own instead of letting them reach the root.
 _OWN_HANDLERS = ("prefect._internal", "uvicorn", "fastapi")
 

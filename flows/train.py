@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from pipeline.finetune import FinetuneResult, finetune
-from pipeline.finetune_config import FinetuneConfig
+from pipeline.training.config import FinetuneConfig
+from pipeline.training.finetune import FinetuneResult, finetune
 
 
 @flow(name="train")

@@ -17,9 +17,9 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
-from pipeline.exporters.view import ExportOptions
-from pipeline.regions import RegionPolicy
-from pipeline.s3_settings import S3Settings
+from pipeline.geometry.policy import RegionPolicy
+from pipeline.run.view import ExportOptions
+from pipeline.storage.s3_settings import S3Settings
 
 ENV_PREFIX, ENV_NESTED = "PRELABEL_", "__"
 # The devices deeplab.predictor.resolve_device is meant for (the --device help, README); "auto"
@@ -56,7 +56,7 @@ class RunConfig(BaseSettings):
     batch_size: int | None = Field(None, ge=1, le=1024)
     max_side: int = Field(1024, ge=16)  # longer image side seen by the model; never upscaled
     # Larger images are refused from their header, before decoding. The default is Pillow's
-    # decompression-bomb threshold, which also caps it (see pipeline.decode).
+    # decompression-bomb threshold, which also caps it (see pipeline.labeling.decode).
     max_pixels: int = Field(89_478_485, ge=1)
     shard_size: int = Field(256, ge=1)  # images per shard: the unit of work, retry and resume
     workers: int = Field(default_factory=_default_workers, ge=1)  # read + decode threads
@@ -66,7 +66,7 @@ class RunConfig(BaseSettings):
     # Seconds without a heartbeat after which another run may take over the run folder's lease
     # (a run on the same host whose process is gone is taken over at once).
     lease_timeout: float = Field(60.0, gt=0)
-    # Processes that trace regions (pipeline.postprocess); None: one per core (one fewer on a
+    # Processes that trace regions (pipeline.labeling.tracing); None: one per core (one fewer on a
     # GPU); 0: one thread in this process.
     post_workers: int | None = Field(None, ge=0, le=256)
     low_confidence: float = Field(0.5, gt=0, lt=1)  # max-softmax below this counts as doubtful

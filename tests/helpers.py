@@ -15,8 +15,8 @@ from pycocotools import mask as mask_utils
 from torch import nn
 
 from deeplab.scenes import scenes
-from pipeline.ledger import Ledger
-from pipeline.run_folder import RunLayout
+from pipeline.run.layout import RunLayout
+from pipeline.run.ledger import Ledger
 from pipeline.storage import LocalStorage
 
 TIMING = ["read_ms", "decode_ms", "predict_ms", "regions_ms"]

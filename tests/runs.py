@@ -9,13 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.exporters import RunView, open_run
-from pipeline.records import ImageRecord, RegionColumns
-from pipeline.regions import RegionPolicy, regions_from_class_map
-from pipeline.run_folder import ModelInfo, RunLayout, RunManifest
-from pipeline.shard_plan import image_id_for
+from pipeline.formats import RunView, open_run
+from pipeline.geometry.policy import RegionPolicy
+from pipeline.geometry.regions import regions_from_class_map
+from pipeline.labeling.shard_plan import image_id_for
+from pipeline.run.layout import ModelInfo, RunLayout, RunManifest
+from pipeline.run.records import ImageRecord, RegionColumns
+from pipeline.run.tables import images_table, regions_table, write_table
 from pipeline.storage import LocalStorage
-from pipeline.tables import images_table, regions_table, write_table
 
 CLASS_NAMES = ("background", "disc", "box", "triangle", "ring")
 SHARD = "shard-0000-00000"

@@ -16,8 +16,8 @@ from pycocotools.coco import COCO
 import deeplab
 from deeplab.demo import DEMO_CHECKPOINT
 from deeplab.scenes import DEMO_CLASSES, scenes
-from pipeline.annotate import RunSummary, annotate
 from pipeline.config import RunConfig
+from pipeline.labeling.annotate import RunSummary, annotate
 from tests.helpers import iou, rasterize
 
 SHAPES = [(120, 160)] * 4 + [(97, 131), (160, 120)]  # odd and portrait sizes catch transposes

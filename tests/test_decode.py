@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.decode import DecodeError, decode_image, is_image_name
+from pipeline.labeling.decode import DecodeError, decode_image, is_image_name
 
 LIMITS = {"max_side": 1024, "max_pixels": 10_000_000}
 

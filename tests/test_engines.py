@@ -20,9 +20,9 @@ from deeplab import engines
 from deeplab.demo import DEMO_CHECKPOINT
 from deeplab.preprocess import Normalizer
 from deeplab.scenes import scenes
-from pipeline import models
 from pipeline.config import RunConfig
-from pipeline.models import ModelSetupError, load_predictor
+from pipeline.labeling import models
+from pipeline.labeling.models import ModelSetupError, load_predictor
 from tests.helpers import make_images, randomize_batchnorm_
 
 pytestmark = pytest.mark.skipif(

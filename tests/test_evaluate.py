@@ -22,17 +22,17 @@ from prefect.testing.utilities import prefect_test_harness
 from pycocotools import mask as mask_utils
 from typer.testing import CliRunner, Result
 
-from pipeline.evaluate import (
+from pipeline.geometry.class_maps import class_colours
+from pipeline.quality.evaluate import (
     EvaluationError,
     boundary_counts,
     evaluate_run,
     evaluate_runs,
     region_changes,
 )
-from pipeline.exporters.class_maps import class_colours
-from pipeline.exporters.view import RunView
-from pipeline.run_folder import RunManifest
-from pipeline.truth import TruthError, open_truth
+from pipeline.quality.truth import TruthError, open_truth
+from pipeline.run.layout import RunManifest
+from pipeline.run.view import RunView
 from tests.runs import CLASS_NAMES, write_run
 
 N = len(CLASS_NAMES)
@@ -356,7 +356,7 @@ def _other_model(view: RunView, version: str) -> RunView:
     manifest = RunManifest.model_validate_json(path.read_text())
     model = manifest.model.model_copy(update={"model_version": version, "ref": f"{version}.ckpt"})
     path.write_text(manifest.model_copy(update={"model": model}).model_dump_json())
-    from pipeline.exporters import open_run
+    from pipeline.formats import open_run
 
     return open_run(view.layout.root)
 

@@ -15,8 +15,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from pipeline.exporters import ExportOptions, export
-from pipeline.regions import RegionPolicy
+from pipeline.formats import ExportOptions, export
+from pipeline.geometry.policy import RegionPolicy
 from tests.runs import write_run
 
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from pipeline.exporters import ExportOptions, RunView
-from pipeline.exporters.cvat import export_cvat
-from pipeline.regions import RegionPolicy
+from pipeline.formats import ExportOptions, RunView
+from pipeline.formats.cvat import export_cvat
+from pipeline.geometry.policy import RegionPolicy
 from tests.helpers import iou
 from tests.runs import CLASS_NAMES, write_run
 

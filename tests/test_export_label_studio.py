@@ -28,16 +28,16 @@ from PIL import Image, ImageOps
 from pydantic import ValidationError
 
 from deeplab.scenes import scenes
-from pipeline.annotate import annotate
 from pipeline.config import RunConfig
-from pipeline.exporters import ExportError, ExportOptions, RunView, open_run
-from pipeline.exporters.label_studio import (
+from pipeline.formats import ExportError, ExportOptions, RunView, open_run
+from pipeline.formats.label_studio import (
     brush_rle,
     check_image_urls,
     export_label_studio,
     label_config,
 )
-from pipeline.regions import RegionPolicy
+from pipeline.geometry.policy import RegionPolicy
+from pipeline.labeling.annotate import annotate
 from tests.helpers import iou, rasterize
 from tests.runs import write_run
 

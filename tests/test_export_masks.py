@@ -17,10 +17,10 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from pipeline.exporters import ExportError, ExportOptions, RunView
-from pipeline.exporters.class_maps import region_crop, runs_of_counts, voc_colour
-from pipeline.exporters.masks import export_masks, mask_name
-from pipeline.regions import RegionPolicy
+from pipeline.formats import ExportError, ExportOptions, RunView
+from pipeline.formats.masks import export_masks, mask_name
+from pipeline.geometry.class_maps import region_crop, runs_of_counts, voc_colour
+from pipeline.geometry.policy import RegionPolicy
 from tests.runs import CLASS_NAMES, write_run
 
 KEEP_ALL = RegionPolicy(min_area=1, background=0)

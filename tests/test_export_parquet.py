@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 from pycocotools import mask as mask_utils
 
-from pipeline.exporters import ExportOptions, RunView
-from pipeline.exporters.parquet import export_parquet
-from pipeline.regions import RegionPolicy
-from pipeline.tables import REGIONS_SCHEMA
+from pipeline.formats import ExportOptions, RunView
+from pipeline.formats.parquet import export_parquet
+from pipeline.geometry.policy import RegionPolicy
+from pipeline.run.tables import REGIONS_SCHEMA
 from tests.helpers import rasterize
 from tests.runs import write_run
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.exporters import ExportError, open_run
+from pipeline.formats import ExportError, open_run
 from tests.runs import write_run
 
 

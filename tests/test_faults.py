@@ -20,10 +20,10 @@ import pytest
 from PIL import Image
 
 from deeplab.scenes import scenes
-from pipeline.annotate import annotate
 from pipeline.config import RunConfig
-from pipeline.ledger import Ledger
-from pipeline.run_folder import RunLayout
+from pipeline.labeling.annotate import annotate
+from pipeline.run.layout import RunLayout
+from pipeline.run.ledger import Ledger
 from pipeline.storage import storage_for
 from tests.helpers import TIMING, assert_same_labels, make_images, slow_reads
 

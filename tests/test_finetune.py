@@ -23,16 +23,17 @@ from typer.testing import CliRunner
 
 import deeplab
 import deeplab.scenes
-import pipeline.finetune
+import pipeline.training.finetune
 from deeplab.bundled import DEMO_CHECKPOINT
 from deeplab.predictor import Predictor
 from deeplab.scenes import DEMO_CLASSES, Scene
 from deeplab.train import StepLog
-from pipeline.annotate import annotate
 from pipeline.config import RunConfig
-from pipeline.evaluate import evaluate_runs
-from pipeline.exporters import open_run
-from pipeline.finetune import (
+from pipeline.formats import open_run
+from pipeline.labeling.annotate import annotate
+from pipeline.quality.evaluate import evaluate_runs
+from pipeline.quality.truth import open_truth
+from pipeline.training.finetune import (
     FinetuneConfig,
     FinetuneResult,
     Plan,
@@ -45,7 +46,6 @@ from pipeline.finetune import (
     split,
     with_classes,
 )
-from pipeline.truth import open_truth
 
 N = len(DEMO_CLASSES)
 # The new layout: class k is drawn in the material (hue band and texture) of class MATERIAL[k],
@@ -363,7 +363,7 @@ def test_without_steps_a_cpu_trains_its_default_and_tells_the_plan_after_timing_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert default_steps(torch.device("cuda:0")) == 500  # a GPU's default is unchanged
-    monkeypatch.setattr(pipeline.finetune, "CPU_STEPS", 4)  # the real one takes minutes
+    monkeypatch.setattr(pipeline.training.finetune, "CPU_STEPS", 4)  # the real one takes minutes
     assert default_steps(torch.device("cpu")) == 4
     images, masks = write_set(tmp_path, new_layout(7, 3, 48))
     out = tmp_path / "default.safetensors"
@@ -389,7 +389,7 @@ def test_cli_on_a_terminal_tells_the_plan_and_the_bar_reaches_the_last_step(
     from flows import cli_train
     from flows.cli import app
 
-    monkeypatch.setattr(pipeline.finetune, "CPU_STEPS", 3)
+    monkeypatch.setattr(pipeline.training.finetune, "CPU_STEPS", 3)
     screen = io.StringIO()
     monkeypatch.setattr(cli_train, "console", Console(file=screen, force_terminal=True, width=200))
     images, masks = write_set(tmp_path, new_layout(8, 3, 48))

@@ -13,8 +13,8 @@ from prefect.testing.utilities import prefect_test_harness
 
 from deeplab.scenes import scenes
 from flows.annotate import annotate_flow
-from pipeline.annotate import annotate
 from pipeline.config import RunConfig
+from pipeline.labeling.annotate import annotate
 
 TIMINGS = {"read_ms", "decode_ms", "predict_ms", "regions_ms"}
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.annotate import RunSummary, annotate
 from pipeline.config import RunConfig
-from pipeline.decode import DecodeError, decode_image
-from pipeline.ledger import Ledger
-from pipeline.run_folder import RunLayout
+from pipeline.labeling.annotate import RunSummary, annotate
+from pipeline.labeling.decode import DecodeError, decode_image
+from pipeline.run.layout import RunLayout
+from pipeline.run.ledger import Ledger
 from pipeline.storage import LocalStorage
 from tests.helpers import make_images, merged
 from tests.hostile import Bad, Good, build, png_header_only
@@ -185,7 +185,7 @@ def test_a_huge_header_is_refused_without_a_large_allocation(
     script = """
 import resource, sys
 from PIL import Image
-from pipeline.decode import DecodeError, decode_image
+from pipeline.labeling.decode import DecodeError, decode_image
 Image.MAX_IMAGE_PIXELS = None
 huge, warm = sys.argv[1], sys.argv[2]
 decode_image(warm, open(warm, "rb").read(), max_side=1024, max_pixels=10**8)

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pipeline.lease import LeaseHeldError, LeaseInfo, LeaseLostError, holding, verify
-from pipeline.s3 import S3Storage
+from pipeline.run.lease import LeaseHeldError, LeaseInfo, LeaseLostError, holding, verify
 from pipeline.storage import LocalStorage, Storage
+from pipeline.storage.s3 import S3Storage
 from tests.helpers import assert_same_labels, make_images, slow_reads
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ def test_holding_is_shared_within_a_process(tmp_path: Path) -> None:
 
 _CONTEND = """
 import sys, time
-from pipeline.lease import LeaseHeldError, holding
+from pipeline.run.lease import LeaseHeldError, holding
 from pipeline.storage import storage_for
 uri, start = sys.argv[1], float(sys.argv[2])
 storage = storage_for(uri)

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from pycocotools import mask as mask_utils
 
-from pipeline.polygons import polygons_from_mask
-from pipeline.records import Ring
+from pipeline.geometry.polygons import polygons_from_mask
+from pipeline.run.records import Ring
 from tests.helpers import iou, rasterize
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.postprocess import trace, tracer
-from pipeline.regions import RegionPolicy, image_regions
-from pipeline.tables import regions_table
-from pipeline.uncertainty import image_uncertainty
+from pipeline.geometry.policy import RegionPolicy
+from pipeline.geometry.regions import image_regions
+from pipeline.labeling.tracing import trace, tracer
+from pipeline.labeling.uncertainty import image_uncertainty
+from pipeline.run.tables import regions_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +56,7 @@ def test_workers_of_the_prelabel_command_import_neither_torch_nor_prefect(tmp_pa
     entry.write_text(
         "from flows.__main__ import main  # the console script's own import\n"
         "if __name__ == '__main__':\n"
-        "    from pipeline.postprocess import tracer\n"
+        "    from pipeline.labeling.tracing import tracer\n"
         "    from tests.test_postprocess import _loaded\n"
         "    print(tracer(1).submit(_loaded).result(timeout=120))\n"
     )

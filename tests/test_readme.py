@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pipeline.label_studio_api import LabelStudio
+from pipeline.review.label_studio_api import LabelStudio
 
 if TYPE_CHECKING:
     from tests.label_studio_server import LabelStudioServer

@@ -13,8 +13,9 @@ from hypothesis.extra.numpy import arrays
 from pycocotools import mask as mask_utils
 from pydantic import ValidationError
 
-from pipeline.records import Region
-from pipeline.regions import RegionPolicy, regions_from_class_map
+from pipeline.geometry.policy import RegionPolicy
+from pipeline.geometry.regions import regions_from_class_map
+from pipeline.run.records import Region
 from tests.helpers import iou, rasterize
 
 POLICY = RegionPolicy()

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.annotate import RunSummary, annotate
 from pipeline.config import RunConfig
-from pipeline.exporters import ExportOptions, export, open_run
-from pipeline.ledger import DamagedShardError, Ledger
-from pipeline.run_folder import RunLayout
+from pipeline.formats import ExportOptions, export, open_run
+from pipeline.labeling.annotate import RunSummary, annotate
+from pipeline.run.layout import RunLayout
+from pipeline.run.ledger import DamagedShardError, Ledger
 from pipeline.storage import LocalStorage, NotFoundError
 from tests.helpers import assert_same_labels, make_images
 

@@ -30,14 +30,14 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from deeplab.scenes import scenes
-from pipeline.annotate import annotate
 from pipeline.config import RunConfig
-from pipeline.exporters import ExportError, RunView, open_run
-from pipeline.exporters.class_maps import class_colours, class_map_of
-from pipeline.regions import RegionPolicy
-from pipeline.report import one_class_images, write_report
-from pipeline.review_sync import PushRecord
-from pipeline.thumbnails import ALPHA, NEUTRAL, paint, review_pictures
+from pipeline.formats import ExportError, RunView, open_run
+from pipeline.geometry.class_maps import class_colours, class_map_of
+from pipeline.geometry.policy import RegionPolicy
+from pipeline.labeling.annotate import annotate
+from pipeline.review.report import one_class_images, write_report
+from pipeline.review.sync import PushRecord
+from pipeline.review.thumbnails import ALPHA, NEUTRAL, paint, review_pictures
 from tests.browser import chromium
 from tests.runs import SHARD, write_run
 from tests.test_uncertainty import _ambiguous

@@ -19,11 +19,11 @@ import torch
 from PIL import Image
 
 from deeplab.scenes import scenes
-from pipeline.annotate import RunError, RunSummary, annotate
 from pipeline.config import RunConfig
-from pipeline.ledger import Ledger, LedgerConflictError
-from pipeline.regions import RegionPolicy
-from pipeline.run_folder import RunLayout
+from pipeline.geometry.policy import RegionPolicy
+from pipeline.labeling.annotate import RunError, RunSummary, annotate
+from pipeline.run.layout import RunLayout
+from pipeline.run.ledger import Ledger, LedgerConflictError
 from pipeline.storage import LocalStorage, StorageError
 from tests.helpers import assert_same_labels, comparable, make_images, merged
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from pycocotools import mask as mask_utils
 
-from pipeline.rle import compressed, run_lengths_from_crop
+from pipeline.geometry.rle import compressed, run_lengths_from_crop
 
 # pycocotools' decode predates NumPy 2's __array__(copy=...) and warns on every call.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

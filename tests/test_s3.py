@@ -21,13 +21,13 @@ from PIL import Image
 from pydantic import ValidationError
 
 from deeplab.scenes import scenes
-from pipeline.annotate import RunSummary, annotate
 from pipeline.config import RunConfig
-from pipeline.ledger import Ledger
-from pipeline.run_folder import RunLayout
-from pipeline.s3 import S3Storage, split_uri
-from pipeline.s3_settings import S3Settings
+from pipeline.labeling.annotate import RunSummary, annotate
+from pipeline.run.layout import RunLayout
+from pipeline.run.ledger import Ledger
 from pipeline.storage import StorageError, storage_for
+from pipeline.storage.s3 import S3Storage, split_uri
+from pipeline.storage.s3_settings import S3Settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from deeplab.scenes import scenes
-from pipeline.annotate import annotate
 from pipeline.config import RunConfig
+from pipeline.labeling.annotate import annotate
 from tests.prefect_server import PrefectStack
 from tests.test_resume import comparable, merged
 

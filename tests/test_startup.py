@@ -13,8 +13,8 @@ import pytest
 
 import deeplab
 from deeplab.bundled import DEMO_CHECKPOINT
-from pipeline import model_ids
 from pipeline.config import RunConfig
+from pipeline.labeling import model_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -92,7 +92,7 @@ def test_a_checkpoint_loaded_once_is_known_by_its_bytes(
         meta.arch,
         meta.class_names,
     )
-    monkeypatch.setattr("pipeline.models.load_predictor", _no_load)
+    monkeypatch.setattr("pipeline.labeling.models.load_predictor", _no_load)
     assert model_ids.model_info(_config(tmp_path, checkpoint)) == first
     # The same bytes under another name are the same model; the ref is what was asked for.
     assert model_ids.model_info(_config(tmp_path, "demo")).model_version == meta.model_version
@@ -124,10 +124,12 @@ def test_a_damaged_cache_costs_a_load_not_a_wrong_answer(
     known = model_ids.model_info(_config(tmp_path))
     (tmp_path / "cache" / "models.json").write_text('{"not": "entries"')
     loads: list[RunConfig] = []
-    import pipeline.models
+    import pipeline.labeling.models
 
-    original = pipeline.models.load_predictor
-    monkeypatch.setattr("pipeline.models.load_predictor", lambda c: loads.append(c) or original(c))
+    original = pipeline.labeling.models.load_predictor
+    monkeypatch.setattr(
+        "pipeline.labeling.models.load_predictor", lambda c: loads.append(c) or original(c)
+    )
     assert model_ids.model_info(_config(tmp_path)) == known
     assert len(loads) == 1
 
@@ -137,7 +139,7 @@ def test_a_rerun_with_new_images_lists_its_source_once(
 ) -> None:
     """The command line plans to learn whether there is work; the flow's plan in the same
     process takes that listing over instead of listing the source again."""
-    from pipeline.annotate import annotate, finish_if_done, plan_run, run_lease
+    from pipeline.labeling.annotate import annotate, finish_if_done, plan_run, run_lease
     from pipeline.storage import LocalStorage
 
     source = tmp_path / "in"

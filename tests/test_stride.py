@@ -15,7 +15,7 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 import deeplab
 from deeplab.bundled import DEMO_CHECKPOINT
 from pipeline.config import RunConfig
-from pipeline.models import load_predictor
+from pipeline.labeling.models import load_predictor
 from tests.helpers import randomize_batchnorm_
 
 

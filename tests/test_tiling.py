@@ -15,8 +15,8 @@ import deeplab
 from deeplab.demo import DEMO_CHECKPOINT
 from deeplab.scenes import scenes
 from deeplab.tiling import predict_tiled, ramp, tile_starts
-from pipeline.annotate import annotate
 from pipeline.config import RunConfig
+from pipeline.labeling.annotate import annotate
 from tests.test_resume import merged
 
 

@@ -11,10 +11,11 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from deeplab.scenes import scenes
-from pipeline.annotate import annotate
 from pipeline.config import RunConfig
-from pipeline.regions import RegionPolicy, image_regions
-from pipeline.uncertainty import image_uncertainty
+from pipeline.geometry.policy import RegionPolicy
+from pipeline.geometry.regions import image_regions
+from pipeline.labeling.annotate import annotate
+from pipeline.labeling.uncertainty import image_uncertainty
 from tests.test_resume import merged
 
 

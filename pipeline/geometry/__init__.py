@@ -1,0 +1,1 @@
+"""Class maps to regions and back: connected parts, polygons with holes, COCO RLE."""

@@ -1,0 +1,289 @@
+"""Masks to rings traced along pixel edges, so that pycocotools re-rasterizes them exactly.
+
+Contours through pixel centres lose half a pixel all round (a 50x50 square comes back as
+2401 px), so rings here run on the edges, in COCO's pixel-corner coordinates: pixel (x, y)
+covers [x, x+1) x [y, y+1).
+
+OpenCV traces each border as the chain of its boundary pixels; :func:`edge_rings` turns the
+chains of a whole image into edge rings in a few array operations, however many there are,
+and with them the points where each ring crosses a pixel column, from which RLE is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+from pycocotools import mask as mask_utils
+
+from pipeline.run.records import Polygon, Ring
+
+__all__ = [
+    "Crossings",
+    "EdgeRings",
+    "edge_rings",
+    "polygon_iou",
+    "polygon_ious",
+    "polygons_from_mask",
+    "rasterize_polygons",
+    "simplified",
+]
+
+Shapes = Sequence[Sequence[Sequence[float] | npt.NDArray[Any]]]
+"""Polygons, each its exterior then its holes, as flat x, y rings: tuples or arrays."""
+
+# A pixel's corners, counter-clockwise on screen (y down): TL, BL, BR, TR, as y << 32 | x.
+_PACKED_CORNERS = np.array([0, 1 << 32, (1 << 32) + 1, 1], np.int64)
+# OpenCV traces a border with the object on its left. Stepping from one boundary pixel to
+# the next in direction d, the edge path passes the corner they share on the right of d:
+# the corner the path leaves the first pixel by, and arrives at the second by. Indexed by
+# 3 * (dx + 1) + (dy + 1); the centre entry is a one-pixel chain, walked all round.
+_LEAVE = np.zeros(9, np.int64)
+_ARRIVE = np.zeros(9, np.int64)
+for (_dx, _dy), _arrive, _leave in [
+    ((1, 0), 1, 2),
+    ((-1, 0), 3, 0),
+    ((0, 1), 0, 1),
+    ((0, -1), 2, 3),
+    ((1, 1), 0, 2),
+    ((1, -1), 1, 3),
+    ((-1, 1), 3, 1),
+    ((-1, -1), 2, 0),
+]:
+    _ARRIVE[3 * (_dx + 1) + _dy + 1], _LEAVE[3 * (_dx + 1) + _dy + 1] = _arrive, _leave
+
+
+@dataclass(frozen=True, slots=True)
+class Crossings:
+    """Where rings cross pixel columns: the horizontal unit edges of every ring. The edge at
+    ``row`` of ``column`` lies between pixels (column, row - 1) and (column, row)."""
+
+    ring: npt.NDArray[np.intp]
+    column: npt.NDArray[np.int64]
+    row: npt.NDArray[np.int64]
+    # +1: the traced object (left of the ring, also of a hole's) starts at ``row``; -1: ends
+    sign: npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeRings:
+    """Rings along pixel edges, one per traced border, in a few flat arrays."""
+
+    corners: npt.NDArray[np.int32]  # (n, 2) x, y: ring i is corners[starts[i]:starts[i + 1]]
+    starts: npt.NDArray[np.intp]
+    area: npt.NDArray[np.int64]  # pixels each ring encloses (holes too: what they cut out)
+    first: npt.NDArray[np.int32]  # (rings, 2) x, y of each border's first traced pixel
+    crossings: Crossings
+
+    def ring(self, index: int) -> npt.NDArray[np.int32]:
+        return self.corners[self.starts[index] : self.starts[index + 1]]
+
+
+def edge_rings(chains: Sequence[npt.NDArray[Any]]) -> EdgeRings:
+    """Edge rings of borders that ``cv2.findContours(..., cv2.CHAIN_APPROX_NONE)`` traced.
+
+    Each boundary pixel contributes the corners between the one the path arrives by and the
+    one it leaves by, counter-clockwise around the pixel; then only direction changes are
+    kept. An outer border's first pixel is its component's first in raster order. Points
+    along the path are packed as ``y << 32 | x``, so that each step is one integer.
+    """
+    lengths = np.fromiter((len(chain) for chain in chains), np.intp, len(chains))
+    pixels = np.concatenate(chains).reshape(-1, 2).astype(np.int64)
+    ends = np.cumsum(lengths)
+    heads = ends - lengths
+    following = _cyclic(len(pixels), heads, ends, 1)
+    preceding = _cyclic(len(pixels), heads, ends, -1)
+    arrive = _ARRIVE[_direction(pixels - pixels[preceding])]
+    steps = (_LEAVE[_direction(pixels[following] - pixels)] - arrive) % 4
+    steps[steps == 0] = 4  # leaving by the corner it arrived by: around the tip of a spur
+    owner = np.repeat(np.arange(len(pixels)), steps)
+    walked = np.cumsum(steps)
+    turn = np.arange(walked[-1]) - np.repeat(walked - steps, steps)
+    packed = pixels[:, 1] << 32 | pixels[:, 0]
+    path = packed[owner] + _PACKED_CORNERS[(arrive[owner] + turn) % 4]
+    path_ends = walked[ends - 1]
+    path_heads = np.concatenate(([0], path_ends[:-1]))
+    step = path[_cyclic(len(path), path_heads, path_ends, 1)] - path
+    turns = step != step[_cyclic(len(path), path_heads, path_ends, -1)]
+    ring_of_step = np.repeat(np.arange(len(chains)), path_ends - path_heads)
+    horizontal = np.flatnonzero(np.abs(step) == 1)
+    east = step[horizontal] == 1
+    x, row = path[horizontal] & 0xFFFFFFFF, path[horizontal] >> 32
+    # Walking east the object is on the left, above the edge: its inside ends there.
+    sign = np.where(east, -1, 1)
+    ring = ring_of_step[horizontal]
+    crossings = Crossings(ring=ring, column=np.where(east, x, x - 1), row=row, sign=sign)
+    # Down each column a ring encloses (bottom - top) pixels: the sum of -sign * row.
+    area = np.abs(np.bincount(ring, weights=-sign * row, minlength=len(chains)))
+    corners = path[turns]
+    per_ring = np.bincount(ring_of_step[turns], minlength=len(chains))
+    unpacked = np.stack((corners & 0xFFFFFFFF, corners >> 32), axis=1).astype(np.int32)
+    return EdgeRings(
+        corners=unpacked,
+        starts=np.concatenate(([0], np.cumsum(per_ring))),
+        area=np.rint(area).astype(np.int64),
+        first=pixels[heads].astype(np.int32),
+        crossings=crossings,
+    )
+
+
+def _cyclic(
+    size: int, heads: npt.NDArray[np.intp], ends: npt.NDArray[np.intp], shift: int
+) -> npt.NDArray[np.intp]:
+    """Index of each point's neighbour ``shift`` (+1 or -1) along its own closed ring."""
+    index = np.arange(size) + shift
+    if shift > 0:
+        index[ends - 1] = heads
+    else:
+        index[heads] = ends - 1
+    return index
+
+
+def _direction(step: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    return 3 * (step[:, 0] + 1) + step[:, 1] + 1
+
+
+def simplified(ring: npt.NDArray[np.int32], tolerance: float) -> npt.NDArray[np.int32]:
+    """Douglas-Peucker at ``tolerance`` pixels; a ring it would shrink under 3 points stays
+    exact, so 1-pixel regions and 1-pixel lines still rasterize to their pixels."""
+    if tolerance == 0:
+        return ring
+    simple = np.asarray(cv2.approxPolyDP(ring, tolerance, closed=True), np.int32).reshape(-1, 2)
+    return ring if len(simple) < 3 else simple
+
+
+def flat(ring: npt.NDArray[np.int32]) -> Ring:
+    return tuple(ring.ravel().astype(float).tolist())
+
+
+def polygons_from_mask(
+    mask: npt.NDArray[np.bool_], *, x0: int = 0, y0: int = 0, tolerance: float = 0.5
+) -> tuple[Polygon, ...]:
+    """Polygons (exterior, then holes) of a mask, shifted by (x0, y0) into image coordinates,
+    in raster order of each part's first pixel.
+
+    ``tolerance`` is the Douglas-Peucker distance in pixels; 0 keeps the exact pixel
+    boundary.
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
+    chains, hierarchy = cv2.findContours(
+        np.ascontiguousarray(mask, np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE
+    )
+    if not chains:
+        return ()
+    rings = edge_rings(chains)
+    # RETR_CCOMP: two levels, exteriors at the top and their holes as children.
+    parents = hierarchy[0][:, 3].tolist()
+    holes: dict[int, list[int]] = {}
+    for index, parent in enumerate(parents):
+        if parent != -1:
+            holes.setdefault(parent, []).append(index)
+    exteriors = sorted(
+        (i for i, parent in enumerate(parents) if parent == -1),
+        key=lambda i: (int(rings.first[i, 1]), int(rings.first[i, 0])),
+    )
+    origin = np.array([x0, y0], np.int32)
+    return tuple(
+        tuple(
+            flat(simplified(rings.ring(i), tolerance) + origin)
+            for i in (exterior, *holes.get(exterior, ()))
+        )
+        for exterior in exteriors
+    )
+
+
+def rasterize_polygons(
+    polygons: Shapes, shape: tuple[int, int], *, origin: tuple[int, int] = (0, 0)
+) -> npt.NDArray[np.bool_]:
+    """Pixels inside the polygons as pycocotools (and so COCOeval) fills them: each exterior
+    minus its holes, unioned, on a ``shape`` window whose top-left is ``origin`` (x, y)."""
+    height, width = shape
+    shift = np.asarray(origin, np.float64)
+    out = np.zeros(shape, np.bool_)
+    for exterior, *holes in polygons:
+        part = _fill(exterior, shift, height, width)
+        for hole in holes:
+            part &= ~_fill(hole, shift, height, width)
+        out |= part
+    return out
+
+
+def polygon_iou(
+    polygons: Shapes,
+    counts: str,
+    *,
+    pixels: int,
+    box: tuple[int, int, int, int],
+    shape: tuple[int, int],
+) -> float:
+    """IoU of the polygons, as pycocotools fills them, against the mask of ``pixels`` pixels
+    whose compressed RLE on a ``shape`` image is ``counts`` and whose box is ``box``.
+
+    One part (an exterior and its holes) is measured on RLEs with pycocotools' own set
+    operations, never drawing a pixel: ``P = E minus U`` (U the union of the holes), so
+    ``|P| = |E| - |E & U|`` and ``|P & M| = |E & M| - |E & U & M|``. Several parts may
+    overlap once simplified, which those operations cannot subtract: they are drawn in the
+    box, where every simplified ring lies, since its corners are some of the exact ring's."""
+    height, width = shape
+    m = {"size": [height, width], "counts": counts.encode("ascii")}
+    if len(polygons) != 1:
+        x0, y0, w, h = box
+        mask = np.asarray(mask_utils.decode(m)[y0 : y0 + h, x0 : x0 + w], np.bool_)
+        drawn = rasterize_polygons(polygons, (h, w), origin=(x0, y0))
+        union = int(np.count_nonzero(drawn | mask))
+        return int(np.count_nonzero(drawn & mask)) / union if union else 1.0
+    exterior, *holes = polygons[0]
+    e = mask_utils.frPyObjects([list(exterior)], height, width)[0]
+    e_area, m_area = int(mask_utils.area(e)), pixels
+    both = int(mask_utils.area(mask_utils.merge([e, m], intersect=True)))
+    if holes:
+        u = mask_utils.merge(mask_utils.frPyObjects([list(h) for h in holes], height, width))
+        eu = mask_utils.merge([e, u], intersect=True)
+        e_area -= int(mask_utils.area(eu))
+        both -= int(mask_utils.area(mask_utils.merge([eu, m], intersect=True)))
+    union = e_area + m_area - both
+    return both / union if union else 1.0
+
+
+def polygon_ious(
+    polygons: Sequence[Shapes],
+    fills: Sequence[Sequence[str]],
+    counts: list[str],
+    *,
+    pixels: list[int],
+    boxes: list[tuple[int, int, int, int]],
+    shape: tuple[int, int],
+) -> list[float]:
+    """:func:`polygon_iou` of many regions. ``fills`` are the compressed RLEs of what each
+    ring of each region encloses before simplification, ring by ring. Every ring is
+    rasterized in one call; a region whose every ring gives back its own fill draws its
+    mask exactly (IoU 1), which is most regions. The rest are measured one by one."""
+    height, width = shape
+    rings = [ring for shapes in polygons for part in shapes for ring in part]
+    drawn = [rle["counts"] for rle in mask_utils.frPyObjects(rings, height, width)] if rings else []
+    same, position = [], 0
+    for own in fills:
+        same.append(drawn[position : position + len(own)] == [fill.encode() for fill in own])
+        position += len(own)
+    return [
+        1.0
+        if exact
+        else polygon_iou(polygons[i], counts[i], pixels=pixels[i], box=boxes[i], shape=shape)
+        for i, exact in enumerate(same)
+    ]
+
+
+def _fill(
+    ring: Sequence[float] | npt.NDArray[Any],
+    shift: npt.NDArray[np.float64],
+    height: int,
+    width: int,
+) -> npt.NDArray[np.bool_]:
+    local = (np.asarray(ring, np.float64).reshape(-1, 2) - shift).ravel().tolist()
+    rle = mask_utils.frPyObjects([local], height, width)
+    return np.asarray(mask_utils.decode(rle)[:, :, 0], np.bool_)

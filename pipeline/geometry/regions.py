@@ -1,0 +1,343 @@
+"""Predicted class map to regions, under one instance policy that every exporter shares.
+
+``components`` makes one region per 8-connected component of each class; ``semantic`` one
+region per class, its parts being the kept components.
+
+The work is shared across regions: one border trace per class, then every ring, run and
+sum of the image in a few array operations (:class:`_Masks`). Per region there is only
+what must be: simplifying its rings and, when that dropped corners, measuring the loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from pipeline.geometry.policy import RegionPolicy
+from pipeline.geometry.polygons import Crossings, EdgeRings, edge_rings, polygon_ious, simplified
+from pipeline.geometry.rle import compressed
+from pipeline.run.records import Region, RegionColumns, offsets
+
+__all__ = ["ImageRegions", "RegionPolicy", "image_regions", "regions_from_class_map"]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRegions:
+    columns: RegionColumns
+    fragments: int  # components dropped as smaller than the policy's minimum area
+
+    @property
+    def regions(self) -> list[Region]:
+        return self.columns.regions()
+
+
+def regions_from_class_map(
+    class_map: npt.NDArray[np.uint8],
+    confidence: npt.NDArray[np.uint8],
+    *,
+    image_id: str,
+    policy: RegionPolicy,
+    low_confidence: float = 0.5,
+) -> list[Region]:
+    """Regions ordered by class id, then by each region's first pixel in raster order.
+
+    ``confidence`` is the max softmax scaled to 0..255; a region's score is its mean / 255,
+    and its low-confidence share the share of its pixels under ``low_confidence``.
+    The order is set here: OpenCV's contour numbering follows no documented order.
+    """
+    return image_regions(
+        class_map, confidence, image_id=image_id, policy=policy, low_confidence=low_confidence
+    ).regions
+
+
+def image_regions(
+    class_map: npt.NDArray[np.uint8],
+    confidence: npt.NDArray[np.uint8],
+    *,
+    image_id: str,
+    policy: RegionPolicy,
+    low_confidence: float = 0.5,
+) -> ImageRegions:
+    """:func:`regions_from_class_map` as columns, and the count of speckle components it
+    dropped."""
+    if class_map.ndim != 2 or class_map.dtype != np.uint8:
+        raise ValueError(f"class_map must be 2-D uint8, got {class_map.dtype} {class_map.shape}")
+    if confidence.shape != class_map.shape or confidence.dtype != np.uint8:
+        raise ValueError(
+            f"confidence must be uint8 shaped like class_map {class_map.shape}, "
+            f"got {confidence.dtype} {confidence.shape}"
+        )
+    borders = _Borders.trace(class_map, policy.background)
+    layout = borders.layout(policy) if borders is not None else None
+    if borders is None or layout is None or layout.count == 0:
+        return ImageRegions(RegionColumns.of([]), layout.fragments if layout else 0)
+    masks = _Masks.of(layout.region_of, layout.count, borders.rings.crossings, class_map.shape)
+    pixels, confidence_sum, doubtful = masks.sums(confidence, round(low_confidence * 255))
+    boxes = layout.boxes(borders.rings)
+    rings = [borders.rings.ring(i) for i in layout.rings.tolist()]
+    simple = [simplified(ring, policy.simplify_tolerance) for ring in rings]
+    kept = np.fromiter((len(ring) for ring in simple), np.int32, len(simple))
+    lost = np.fromiter((len(r) for r in rings), np.int32, len(rings)) - kept
+    region_of_ring = layout.region_of[layout.rings]
+    vertices = np.bincount(region_of_ring, weights=kept, minlength=layout.count).astype(int)
+    loose = np.flatnonzero(np.bincount(region_of_ring, weights=lost, minlength=layout.count))
+    fidelity = [1.0] * layout.count
+    measured = polygon_ious(
+        [layout.shapes(k, simple) for k in loose.tolist()],
+        _fills(layout, borders, loose, masks.rles, class_map.shape),
+        [masks.rles[k] for k in loose.tolist()],
+        pixels=[pixels[k] for k in loose.tolist()],
+        boxes=[boxes[k] for k in loose.tolist()],
+        shape=class_map.shape,
+    )
+    for k, value in zip(loose.tolist(), measured, strict=True):
+        fidelity[k] = value
+    geometry = ["polygon" if f >= policy.min_fidelity else "rle" for f in fidelity]
+    vertex_counts = vertices.tolist()
+    columns = RegionColumns(
+        image_id=[image_id] * layout.count,
+        class_id=layout.class_ids,
+        score=[s / n / 255 for s, n in zip(confidence_sum, pixels, strict=True)],
+        low_confidence_share=[d / n for d, n in zip(doubtful, pixels, strict=True)],
+        # The box and area equal pycocotools' toBbox and area on the RLE (the tests hold
+        # them to it): the box is the exteriors', the area the RLE's own runs.
+        area=pixels,
+        bbox=boxes,
+        rle=masks.rles,
+        fidelity=fidelity,
+        vertices=vertex_counts,
+        geometry=_within_vertex_budget(geometry, vertex_counts, policy.max_vertices),
+        coordinates=(
+            np.concatenate(simple).astype(np.float32).reshape(-1)
+            if simple
+            else np.zeros(0, np.float32)
+        ),
+        rings=offsets(2 * kept),
+        parts=layout.parts,
+        polygons=layout.polygons,
+    )
+    return ImageRegions(columns, layout.fragments)
+
+
+def _fills(
+    layout: _Layout,
+    borders: _Borders,
+    regions: npt.NDArray[np.intp],
+    rles: list[str],
+    shape: tuple[int, int],
+) -> list[list[str]]:
+    """What each ring of each of ``regions`` encloses, as compressed RLE, ring by ring in
+    output order. A region of one ring encloses its own mask; the others' rings are
+    measured all at once."""
+    rings = [layout.region_rings(k) for k in regions.tolist()]
+    several = np.concatenate([r for r in rings if len(r) > 1] or [np.zeros(0, np.intp)])
+    own = np.full(len(borders.parent), -1, np.intp)
+    own[several] = np.arange(len(several))
+    found = iter(
+        _Masks.of(own, len(several), borders.rings.crossings, shape, flip=borders.parent >= 0).rles
+        if len(several)
+        else []
+    )
+    return [
+        [rles[k]] if len(r) == 1 else [next(found) for _ in r]
+        for k, r in zip(regions.tolist(), rings, strict=True)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class _Borders:
+    """Every border of every class of one image, traced once per class, as edge rings."""
+
+    rings: EdgeRings
+    class_of: npt.NDArray[np.intp]  # per ring
+    parent: npt.NDArray[np.intp]  # per ring: its exterior's index, -1 for an exterior
+
+    @classmethod
+    def trace(cls, class_map: npt.NDArray[np.uint8], background: int | None) -> _Borders | None:
+        chains: list[npt.NDArray[Any]] = []
+        class_of: list[npt.NDArray[np.intp]] = []
+        parent: list[npt.NDArray[np.intp]] = []
+        present = np.flatnonzero(np.bincount(class_map.ravel(), minlength=256)).tolist()
+        for class_id in present:
+            if class_id == background:
+                continue
+            mask = (class_map == class_id).view(np.uint8)
+            # RETR_CCOMP: two levels, exteriors at the top and their holes as children;
+            # with 8-connected objects each component has exactly one exterior.
+            found, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+            links = hierarchy[0][:, 3].astype(np.intp)
+            parent.append(np.where(links < 0, -1, links + len(chains)))
+            class_of.append(np.full(len(found), class_id, np.intp))
+            chains += found
+        if not chains:
+            return None
+        return cls(edge_rings(chains), np.concatenate(class_of), np.concatenate(parent))
+
+    def layout(self, policy: RegionPolicy) -> _Layout:
+        """Components of at least ``min_area`` pixels, by class then first pixel in raster
+        order, each with the holes it keeps, grouped into regions. A hole under
+        ``fill_holes_below`` pixels (counting all it encloses) is filled."""
+        area = self.rings.area
+        holes = np.flatnonzero(self.parent >= 0)
+        cut = np.bincount(self.parent[holes], weights=area[holes], minlength=len(area))
+        exteriors = np.flatnonzero(self.parent < 0)
+        pixels = area[exteriors] - np.rint(cut[exteriors]).astype(np.int64)
+        kept = exteriors[pixels >= policy.min_area]
+        first = self.rings.first[kept]
+        kept = kept[np.lexsort((first[:, 0], first[:, 1], self.class_of[kept]))]
+        part = np.full(len(area), -1, np.intp)
+        part[kept] = np.arange(len(kept))
+        holes = holes[part[self.parent[holes]] >= 0]
+        if policy.fill_holes_below:
+            holes = holes[area[holes] >= policy.fill_holes_below]
+        part[holes] = part[self.parent[holes]]
+        rings = np.concatenate((kept, holes))
+        # Each part's exterior, then its holes in tracing order.
+        rings = rings[np.lexsort((rings, self.parent[rings] >= 0, part[rings]))]
+        classes = self.class_of[kept]
+        region_of_part = (
+            np.unique(classes, return_inverse=True)[1].reshape(-1)
+            if policy.instances == "semantic"
+            else np.arange(len(kept))
+        )
+        count = int(region_of_part[-1]) + 1 if len(kept) else 0
+        region_of = np.full(len(area), -1, np.intp)
+        region_of[rings] = region_of_part[part[rings]]
+        polygons = offsets(np.bincount(region_of_part, minlength=count))
+        return _Layout(
+            count=count,
+            fragments=len(exteriors) - len(kept),
+            exteriors=kept,
+            rings=rings,
+            parts=offsets(np.bincount(part[rings], minlength=len(kept))),
+            polygons=polygons,
+            region_of=region_of,
+            class_ids=classes[polygons[:-1]].tolist(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """Which traced rings make which region, in output order."""
+
+    count: int  # regions
+    fragments: int
+    exteriors: npt.NDArray[np.intp]  # ring index of each part's exterior, in part order
+    rings: npt.NDArray[np.intp]  # every kept ring, in output order
+    parts: npt.NDArray[np.int32]  # offsets into ``rings`` per part
+    polygons: npt.NDArray[np.int32]  # offsets into parts per region
+    region_of: npt.NDArray[np.intp]  # per traced ring, -1 for none
+    class_ids: list[int]
+
+    def boxes(self, rings: EdgeRings) -> list[tuple[int, int, int, int]]:
+        """Each region's box, x, y, w, h, from its exteriors' corners."""
+        starts = rings.starts[:-1]
+        low = [np.minimum.reduceat(rings.corners[:, axis], starts) for axis in (0, 1)]
+        high = [np.maximum.reduceat(rings.corners[:, axis], starts) for axis in (0, 1)]
+        first = self.polygons[:-1]
+        x0, y0 = (np.minimum.reduceat(v[self.exteriors], first) for v in low)
+        x1, y1 = (np.maximum.reduceat(v[self.exteriors], first) for v in high)
+        return list(zip(*(v.tolist() for v in (x0, y0, x1 - x0, y1 - y0)), strict=True))
+
+    def region_rings(self, region: int) -> npt.NDArray[np.intp]:
+        """Region ``region``'s traced rings, in output order."""
+        return self.rings[self.parts[self.polygons[region]] : self.parts[self.polygons[region + 1]]]
+
+    def shapes(
+        self, region: int, simple: list[npt.NDArray[np.int32]]
+    ) -> tuple[tuple[npt.NDArray[np.int32], ...], ...]:
+        """Region ``region``'s simplified rings, part by part, for measuring."""
+        parts = self.parts
+        return tuple(
+            tuple(simple[i].reshape(-1) for i in range(parts[j], parts[j + 1]))
+            for j in range(self.polygons[region], self.polygons[region + 1])
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Masks:
+    """Each region's mask as its runs down the image's columns, COCO's order, all at once.
+
+    Walking down a column, each ring crossing enters (+1) or leaves (-1) a component; the
+    region covers a pixel where the running count is above 0. Counting, not toggling, keeps
+    a hole's filled area whole when a component of the same region lies inside it."""
+
+    starts: npt.NDArray[np.int64]  # column-major index where each run of ones starts
+    ends: npt.NDArray[np.int64]
+    first_run: npt.NDArray[np.intp]  # per region, its first run's index
+    rles: list[str]
+
+    @classmethod
+    def of(
+        cls,
+        region_of: npt.NDArray[np.intp],
+        count: int,
+        crossings: Crossings,
+        shape: tuple[int, int],
+        *,
+        flip: npt.NDArray[np.bool_] | None = None,
+    ) -> _Masks:
+        """Masks of ``count`` regions, ``region_of`` giving each traced ring's region (-1:
+        none). A ``flip`` ring counts its own inside, not its object's: a hole's area."""
+        height, width = shape
+        region = region_of[crossings.ring]
+        inside = np.flatnonzero(region >= 0)
+        at = crossings.column[inside] * height + crossings.row[inside]
+        sign = crossings.sign[inside]
+        if flip is not None:
+            sign = np.where(flip[crossings.ring[inside]], -sign, sign)
+        # By region, then index down the columns (the bottom of one column is the top of
+        # the next); at one index, entering before leaving. One key, one sort.
+        key = np.sort(region[inside] << 42 | at << 1 | (sign < 0))
+        region, at, sign = key >> 42, (key >> 1) & ((1 << 41) - 1), 1 - 2 * (key & 1)
+        level = np.cumsum(sign)  # every region's crossings sum to 0
+        edge = (level > 0) != (level - sign > 0)
+        bounds, bound_region = at[edge], region[edge]
+        starts, ends = bounds[0::2], bounds[1::2]
+        first_run = np.searchsorted(bound_region[0::2], np.arange(count))
+        # Runs alternate zeros and ones from index 0 to the end of the image; a final run
+        # of zeros that is empty is left out, as pycocotools does.
+        previous = np.concatenate(([0], bounds[:-1]))
+        previous[2 * first_run] = 0
+        runs = bounds - previous
+        last = 2 * np.append(first_run[1:], len(starts)) - 1
+        tail = height * width - bounds[last]
+        counts = np.insert(runs, last[tail > 0] + 1, tail[tail > 0])
+        count_heads = 2 * first_run + np.concatenate(([0], np.cumsum(tail > 0)[:-1]))
+        return cls(starts, ends, first_run, compressed(counts, count_heads))
+
+    def sums(
+        self, confidence: npt.NDArray[np.uint8], low_threshold: int
+    ) -> tuple[list[int], list[int], list[int]]:
+        """Each region's pixels, sum of confidence and doubtful pixels, from prefix sums
+        down the columns."""
+        # int32 prefix sums are several times faster than int64 ones, where they cannot
+        # overflow.
+        wide = np.int32 if confidence.size * 255 < 2**31 else np.int64
+        sums = []
+        for values in (confidence, confidence < low_threshold):
+            prefix: npt.NDArray[np.signedinteger[Any]] = np.zeros(confidence.size + 1, wide)
+            np.cumsum(values.T, out=prefix[1:], dtype=wide)  # .T: down the columns
+            runs = prefix[self.ends] - prefix[self.starts]
+            sums.append(np.add.reduceat(runs, self.first_run).tolist())
+        pixels = np.add.reduceat(self.ends - self.starts, self.first_run).tolist()
+        return pixels, sums[0], sums[1]
+
+
+def _within_vertex_budget(geometry: list[str], vertices: list[int], budget: int) -> list[str]:
+    """Move the regions with the most vertices to RLE until the image's polygons fit."""
+    total = sum(v for v, g in zip(vertices, geometry, strict=True) if g == "polygon")
+    heaviest = sorted(
+        (i for i, g in enumerate(geometry) if g == "polygon"), key=lambda i: -vertices[i]
+    )
+    out = list(geometry)
+    for i in heaviest:
+        if total <= budget:
+            break
+        total -= vertices[i]
+        out[i] = "rle"
+    return out

@@ -1,0 +1,84 @@
+"""Which model a run uses (architecture, classes, ``model_version``) without loading it.
+
+A rerun with nothing to label needs only the model's identity, to check it against the run
+folder; loading the model (torch, weights, an engine) would cost more than the whole rerun.
+The first load of a checkpoint remembers its identity in ``<cache>/models.json`` under the
+SHA-256 of its bytes and the output stride asked for: the same bytes make the same model, so
+the entry can never describe another file, and a file that loaded once is known to load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from pathlib import Path
+
+from pydantic import TypeAdapter, ValidationError
+
+from deeplab.bundled import DEMO_CHECKPOINT
+from deeplab.errors import CheckpointError
+from deeplab.files import write_atomic
+from pipeline.config import RunConfig, default_cache_dir
+from pipeline.run.layout import ModelInfo
+
+DEMO = "demo"
+_KNOWN = "models.json"
+_Entries = TypeAdapter(dict[str, ModelInfo])
+
+
+def resolve_checkpoint(ref: str) -> Path:
+    """``demo`` is the model bundled with the package; anything else is a file path."""
+    return DEMO_CHECKPOINT if ref == DEMO else Path(ref).expanduser()
+
+
+def model_info(config: RunConfig) -> ModelInfo:
+    """The run's model as the run folder records it: remembered, or loaded (and remembered)."""
+    key = _key(config)
+    known = _read(_path(config)).get(key)
+    if known is not None:
+        return known.model_copy(update={"ref": config.model})
+    from pipeline.labeling.models import load_predictor  # torch loads here, and only here
+
+    meta = load_predictor(config).meta
+    info = ModelInfo(
+        ref=config.model,
+        arch=meta.arch,
+        source=meta.source,
+        model_version=meta.model_version,
+        class_names=meta.class_names,
+    )
+    remember(config, info)
+    return info
+
+
+def remember(config: RunConfig, info: ModelInfo) -> None:
+    """Add one checkpoint's identity; entries of other checkpoints are kept."""
+    path = _path(config)
+    entries = _read(path)
+    entries[_key(config)] = info
+    with contextlib.suppress(OSError):  # a read-only cache costs a model load next time
+        write_atomic(path, _Entries.dump_json(entries, indent=1))
+
+
+def _key(config: RunConfig) -> str:
+    path = resolve_checkpoint(config.model)
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as file:
+            while chunk := file.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({exc.strerror})") from exc
+    return f"{digest.hexdigest()} stride={config.output_stride or 'as-trained'}"
+
+
+def _path(config: RunConfig) -> Path:
+    return (config.cache_dir or default_cache_dir()) / _KNOWN
+
+
+def _read(path: Path) -> dict[str, ModelInfo]:
+    """Entries on file; a missing, unreadable or damaged file is an empty one (it is a cache)."""
+    try:
+        return _Entries.validate_json(path.read_bytes())
+    except (OSError, ValidationError):
+        return {}

@@ -1,0 +1,1 @@
+"""How good the labels are: reviewed labels read as truth, and runs evaluated against them."""

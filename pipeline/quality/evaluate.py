@@ -1,0 +1,399 @@
+"""How good a run's pre-labels were: its class maps against reviewed labels, per model version.
+
+The prediction is the class map painted back from the run's regions (``class_map_of``), which is
+what reviewers were shown, so the figures say how much reviewing the pre-labels saved. Each
+evaluation is written as ``evaluations/<model_version>.json`` and ``.md`` in the run folder;
+``evaluate_runs`` with several runs (one per model, over the same images) writes every
+evaluation into every run folder, so each folder's markdown shows the models side by side.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from deeplab.metrics import confusion_matrix, iou_per_class
+from pipeline.geometry.class_maps import class_map_of
+from pipeline.quality.truth import IGNORE, Truth, TruthError, check_names
+from pipeline.run.view import RunView
+from pipeline.storage import NotFoundError
+
+EVALUATIONS = "evaluations"
+_VERSION = re.compile(r"[A-Za-z0-9_.-]+")
+_TOP_IMAGES = 20  # images listed in the markdown, most corrected first
+_LISTED = 50  # failed images, and images without truth, named in the markdown
+
+
+class EvaluationError(Exception):
+    """An evaluation that cannot be made (no image with truth, two runs of one model)."""
+
+
+class ImageScore(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    pixels: int  # labeled truth pixels, the ones scored
+    changed_share: float  # share of them the reviewer changed
+    boundary_f1: float | None  # None: neither map has a boundary
+    regions_added: int
+    regions_removed: int
+
+
+class Failure(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    reason: str
+
+
+class Evaluation(BaseModel):
+    """One run's figures against one truth; what the JSON file holds."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_version: str
+    model_ref: str
+    run: str
+    truth: str
+    truth_sha256: str  # evaluations compare side by side only against the same truth
+    evaluated_at: datetime
+    boundary_tolerance: int  # pixels
+    class_names: tuple[str, ...]
+    images: int  # scored
+    pixels: int
+    iou: dict[str, float | None]  # None: class absent from truth and prediction
+    miou: float | None  # over classes present in truth or prediction
+    pixel_accuracy: float | None
+    boundary_precision: float | None
+    boundary_recall: float | None
+    boundary_f1: float | None
+    changed_share: float | None  # 1 - pixel accuracy: what the reviewer repainted
+    regions_added: int  # truth regions with no predicted region of their class overlapping
+    regions_removed: int  # predicted regions with no truth region of their class overlapping
+    confusion: list[list[int]]  # pixels; rows truth, columns prediction, in class id order
+    per_image: list[ImageScore]
+    failed: list[Failure]  # images the run failed on, or whose truth could not be used
+    missing: list[str]  # run images the truth has no label for
+    truth_unmatched: list[str]  # truth labels no run image uses
+
+
+def evaluate_runs(
+    views: Sequence[RunView], truth: Truth, *, tolerance: int = 2
+) -> list[Evaluation]:
+    """Evaluate each run against ``truth`` and write every evaluation into every run folder;
+    returns them in the order given."""
+    versions = [view.model.model_version for view in views]
+    if len(set(versions)) != len(versions):
+        raise EvaluationError(
+            f"runs to compare must come from different models; model {versions[0]} repeats "
+            "(one run folder per model, over the same images)"
+        )
+    evaluations = [evaluate_run(view, truth, tolerance=tolerance) for view in views]
+    for view in views:
+        for evaluation in evaluations:
+            _write(view, f"{evaluation.model_version}.json", evaluation.model_dump_json(indent=1))
+        own = next(e for e in evaluations if e.model_version == view.model.model_version)
+        _write(view, f"{own.model_version}.md", to_markdown(own, stored_evaluations(view)))
+    return evaluations
+
+
+def evaluate_run(view: RunView, truth: Truth, *, tolerance: int = 2) -> Evaluation:
+    """Figures over every ok image of the run that the truth labels; nothing is written."""
+    if tolerance < 0:
+        raise EvaluationError(f"boundary tolerance must be >= 0 pixels, not {tolerance}")
+    version = view.model.model_version
+    if not _VERSION.fullmatch(version) or not version.strip("."):
+        raise EvaluationError(f"{view.layout.root}: model version {version!r} is not a file name")
+    names = view.class_names
+    check_names(truth, names)
+    background = view.background if view.background is not None else 0
+    regions: dict[str, list[dict[str, Any]]] = {}
+    for row in view.regions.select(["image_id", "class_id", "rle"]).to_pylist():
+        regions.setdefault(row["image_id"], []).append(row)
+    confusion = np.zeros((len(names), len(names)), np.int64)
+    scores: list[ImageScore] = []
+    failed: list[Failure] = []
+    missing: list[str] = []
+    boundary = np.zeros(4, np.int64)  # matched predicted, predicted, matched truth, truth
+    for image in view.images.to_pylist():
+        key = image["key"]
+        if image["status"] != "ok":
+            failed.append(Failure(key=key, reason=f"the run failed: {image['error']}"))
+            continue
+        if not truth.has(key):
+            missing.append(key)
+            continue
+        height, width = image["height"], image["width"]
+        try:
+            expected = truth.read(key, names, background)
+            if expected.shape != (height, width):
+                raise TruthError(
+                    f"truth is {expected.shape[1]}x{expected.shape[0]}, the image {width}x{height}"
+                )
+        except TruthError as exc:
+            failed.append(Failure(key=key, reason=str(exc)))
+            continue
+        predicted = class_map_of(regions.get(image["image_id"], []), height, width, background)
+        cm = confusion_matrix(expected, predicted, len(names))
+        confusion += cm
+        counts = boundary_counts(expected, predicted, tolerance)
+        boundary += counts
+        added, removed = region_changes(expected, predicted, view.background)
+        pixels = int(cm.sum())
+        scores.append(
+            ImageScore(
+                key=key,
+                pixels=pixels,
+                changed_share=float(1 - np.trace(cm) / pixels) if pixels else 0.0,
+                boundary_f1=_f1(counts),
+                regions_added=added,
+                regions_removed=removed,
+            )
+        )
+    if not scores:
+        raise EvaluationError(
+            f"no image of {view.layout.root} could be scored against {truth.source} "
+            f"({len(missing)} without truth, {len(failed)} failed"
+            + (f", e.g. {missing[0]!r}" if missing else "")
+            + ")"
+        )
+    iou = iou_per_class(confusion)
+    total = int(confusion.sum())
+    accuracy = float(np.trace(confusion) / total) if total else None
+    return Evaluation(
+        model_version=version,
+        model_ref=view.model.ref,
+        run=view.layout.root,
+        truth=truth.source,
+        truth_sha256=truth.sha256,
+        evaluated_at=datetime.now(UTC),
+        boundary_tolerance=tolerance,
+        class_names=names,
+        images=len(scores),
+        pixels=total,
+        iou={name: _finite(v) for name, v in zip(names, iou, strict=True)},
+        miou=_finite(float(np.nanmean(iou))) if not np.isnan(iou).all() else None,
+        pixel_accuracy=accuracy,
+        boundary_precision=_ratio(boundary[0], boundary[1]),
+        boundary_recall=_ratio(boundary[2], boundary[3]),
+        boundary_f1=_f1(boundary),
+        changed_share=None if accuracy is None else 1 - accuracy,
+        regions_added=sum(s.regions_added for s in scores),
+        regions_removed=sum(s.regions_removed for s in scores),
+        confusion=confusion.tolist(),
+        per_image=scores,
+        failed=failed,
+        missing=missing,
+        truth_unmatched=truth.unmatched([row["key"] for row in view.images.to_pylist()]),
+    )
+
+
+def boundaries(
+    labels: npt.NDArray[np.uint8], valid: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.bool_]:
+    """Pixels with a 4-neighbour of another class, both labeled in the truth: unlabeled truth
+    neither makes nor hides a boundary."""
+    out = np.zeros(labels.shape, bool)
+    across = (labels[:, 1:] != labels[:, :-1]) & valid[:, 1:] & valid[:, :-1]
+    out[:, 1:] |= across
+    out[:, :-1] |= across
+    down = (labels[1:] != labels[:-1]) & valid[1:] & valid[:-1]
+    out[1:] |= down
+    out[:-1] |= down
+    return out
+
+
+def boundary_counts(
+    truth: npt.NDArray[np.uint8], predicted: npt.NDArray[np.uint8], tolerance: int
+) -> npt.NDArray[np.int64]:
+    """(predicted boundary pixels within ``tolerance`` px of a truth boundary, predicted
+    boundary pixels, truth boundary pixels within tolerance of a predicted one, truth boundary
+    pixels), by Euclidean distance."""
+    valid = truth != IGNORE
+    edges_truth, edges_pred = boundaries(truth, valid), boundaries(predicted, valid)
+    return np.array(
+        [
+            _within(edges_pred, edges_truth, tolerance),
+            int(edges_pred.sum()),
+            _within(edges_truth, edges_pred, tolerance),
+            int(edges_truth.sum()),
+        ],
+        np.int64,
+    )
+
+
+def _within(points: npt.NDArray[np.bool_], targets: npt.NDArray[np.bool_], tolerance: int) -> int:
+    if not points.any() or not targets.any():
+        return 0
+    distance = cv2.distanceTransform(
+        (~targets).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE
+    )
+    return int((distance[points] <= tolerance + 1e-3).sum())
+
+
+def region_changes(
+    truth: npt.NDArray[np.uint8], predicted: npt.NDArray[np.uint8], background: int | None
+) -> tuple[int, int]:
+    """(regions the reviewer added, regions the reviewer removed): 8-connected parts of a class
+    in one map that no pixel of that class in the other map overlaps. Parts wholly in unlabeled
+    truth count for neither; the background class has no regions."""
+    valid = truth != IGNORE
+    added = removed = 0
+    for class_id in np.union1d(np.unique(truth[valid]), np.unique(predicted[valid])).tolist():
+        if class_id == background:
+            continue
+        in_truth, in_pred = truth == class_id, (predicted == class_id) & valid
+        added += _unmatched_parts(in_truth, in_pred)
+        removed += _unmatched_parts(in_pred, in_truth)
+    return added, removed
+
+
+def _unmatched_parts(parts: npt.NDArray[np.bool_], other: npt.NDArray[np.bool_]) -> int:
+    count, labels = cv2.connectedComponents(parts.astype(np.uint8), connectivity=8)
+    matched = np.unique(labels[other & parts])
+    return int(count - 1 - np.count_nonzero(matched))
+
+
+def stored_evaluations(view: RunView) -> list[Evaluation]:
+    """The evaluations in a run folder, oldest first; files that are not evaluations are
+    skipped, but a listing or read that fails raises: a table silently missing a model would
+    mislead."""
+    storage, folder = view.layout.storage, view.layout.storage.join(view.layout.root, EVALUATIONS)
+    found = []
+    try:
+        listing = [info for info in storage.list(folder) if info.key.endswith(".json")]
+    except NotFoundError:
+        return []
+    for info in listing:
+        try:
+            found.append(Evaluation.model_validate_json(storage.read(info.uri)))
+        except ValidationError:
+            continue
+    return sorted(found, key=lambda e: e.evaluated_at)
+
+
+def model_label(evaluation: Evaluation) -> str:
+    """How a person names the model: its checkpoint's file name (or ``demo``), and the start
+    of its version, which tells two files of one name apart."""
+    name = PurePosixPath(evaluation.model_ref).name or evaluation.model_ref
+    return f"{name} {evaluation.model_version[:8]}"
+
+
+def to_markdown(evaluation: Evaluation, others: Sequence[Evaluation] = ()) -> str:
+    """The evaluation, with every other model version evaluated against the same truth in a
+    column beside it."""
+    e = evaluation
+    same = [o for o in others if o.truth_sha256 == e.truth_sha256]
+    columns = [e, *(o for o in same if o.model_version != e.model_version)]
+    lines = [
+        f"# Evaluation of model {_cell(e.model_version)}",
+        "",
+        f"Run `{_cell(e.run)}` (model {_cell(e.model_ref)}) against truth `{_cell(e.truth)}` "
+        f"(sha256 {e.truth_sha256[:12]}), {e.images} images, {e.pixels} labeled pixels, "
+        f"boundary tolerance {e.boundary_tolerance} px, {e.evaluated_at:%Y-%m-%d %H:%M} UTC.",
+        "",
+        "| | " + " | ".join(_cell(model_label(c)) for c in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    rows: list[tuple[str, Any]] = [
+        ("model", lambda c: _cell(c.model_ref)),
+        ("model version", lambda c: _cell(c.model_version)),
+        ("images scored", lambda c: str(c.images)),
+        ("mIoU", lambda c: _pct(c.miou)),
+        ("pixel accuracy", lambda c: _pct(c.pixel_accuracy)),
+        (
+            "boundary F1",
+            lambda c: f"{_pct(c.boundary_f1)} ({c.boundary_tolerance} px)",
+        ),
+        ("pixels changed in review", lambda c: _pct(c.changed_share)),
+        ("regions added in review", lambda c: str(c.regions_added)),
+        ("regions removed in review", lambda c: str(c.regions_removed)),
+    ]
+    names = list(dict.fromkeys(n for c in columns for n in c.class_names))
+    for name in names:
+        rows.append((f"IoU {_cell(name)}", lambda c, n=name: _pct(c.iou.get(n))))
+    lines += [f"| {label} | " + " | ".join(cell(c) for c in columns) + " |" for label, cell in rows]
+    other_truth = [o for o in others if o.truth_sha256 != e.truth_sha256]
+    if other_truth:
+        lines += ["", "Not compared (evaluated against other truth):", ""]
+        lines += [f"- {_cell(model_label(o))}: `{_cell(o.truth)}`" for o in other_truth]
+    lines += ["", "## Confusion matrix", "", "Pixels; rows: truth, columns: prediction.", ""]
+    lines += [
+        "| truth \\ predicted | " + " | ".join(_cell(n) for n in e.class_names) + " |",
+        "|---|" + "---:|" * len(e.class_names),
+    ]
+    lines += [
+        f"| {_cell(name)} | " + " | ".join(str(v) for v in row) + " |"
+        for name, row in zip(e.class_names, e.confusion, strict=True)
+    ]
+    ranked = sorted(e.per_image, key=lambda s: (-s.changed_share, s.key))[:_TOP_IMAGES]
+    lines += [
+        "",
+        f"## Most corrected images ({len(ranked)} of {e.images})",
+        "",
+        "| image | pixels changed | boundary F1 | regions added | regions removed |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {_cell(s.key)} | {_pct(s.changed_share)} | {_pct(s.boundary_f1)} | "
+        f"{s.regions_added} | {s.regions_removed} |"
+        for s in ranked
+    ]
+    if e.failed:
+        lines += ["", f"## Not scored: {len(e.failed)} failed", ""]
+        lines += [f"- {_cell(f.key)}: {_cell(f.reason)}" for f in e.failed[:_LISTED]]
+        lines += _more(len(e.failed))
+    if e.missing:
+        lines += ["", f"## Not scored: {len(e.missing)} without truth", ""]
+        lines += [f"- {_cell(key)}" for key in e.missing[:_LISTED]]
+        lines += _more(len(e.missing))
+    if e.truth_unmatched:
+        lines += ["", f"{len(e.truth_unmatched)} truth labels match no image of the run."]
+    return "\n".join(lines) + "\n"
+
+
+def _more(count: int) -> list[str]:
+    return [f"- ... and {count - _LISTED} more (all in the JSON)"] if count > _LISTED else []
+
+
+def _write(view: RunView, name: str, text: str) -> None:
+    storage = view.layout.storage
+    storage.write_atomic(storage.join(view.layout.root, EVALUATIONS, name), text.encode())
+
+
+def _cell(text: str) -> str:
+    """Safe inside a markdown table cell and as HTML: no pipes, line breaks or tags."""
+    return html.escape(" ".join(text.split())).replace("|", "\\|").replace("`", "'")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _finite(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
+
+
+def _ratio(a: np.int64, b: np.int64) -> float | None:
+    return float(a / b) if b else None
+
+
+def _f1(counts: npt.NDArray[np.int64]) -> float | None:
+    """Boundary F1 from (matched predicted, predicted, matched truth, truth): None when neither
+    map has a boundary, 0 when only one has."""
+    matched_pred, pred, matched_truth, true = (int(v) for v in counts)
+    if not pred and not true:
+        return None
+    if not pred or not true:
+        return 0.0
+    precision, recall = matched_pred / pred, matched_truth / true
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0

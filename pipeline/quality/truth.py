@@ -1,0 +1,272 @@
+"""Reviewed labels ("truth") as class maps in a model's class ids: a masks folder or COCO JSON.
+
+A masks folder is the masks export's layout, which is also what reviewers get back from CVAT:
+``SegmentationClass/<name>.png`` with ``index.csv`` (``key,...,mask``) saying which mask belongs
+to which image key, or, without it, masks paired with keys by name (``sub/a.jpg`` ->
+``SegmentationClass/sub/a.png``; a folder with no ``SegmentationClass`` holds the PNGs itself).
+Palette and grey PNGs hold class indices; RGB PNGs hold ``labelmap.txt`` colours. With a
+``labelmap.txt`` its line order names the indices, else indices are the model's class ids. A COCO
+instances file pairs ``file_name`` with the key, and its categories are matched by name.
+
+Truth pixels of 255 are "not labeled" and are left out of every figure. All the truth (PNGs,
+``labelmap.txt``, ``index.csv``, or the JSON) is read once, so ``sha256`` can say exactly which
+labels a figure was computed against.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from pipeline.formats.masks import CLASSES_FOLDER, mask_name
+from pipeline.storage import Storage, StorageError, storage_for
+
+IGNORE = 255  # truth pixels nobody labeled
+
+ClassMap = npt.NDArray[np.uint8]
+
+
+class TruthError(Exception):
+    """Truth that cannot be read or does not fit the model's classes; one line why."""
+
+
+class Truth(Protocol):
+    source: str
+    names: tuple[str, ...] | None  # what the truth's classes are called; None: bare class ids
+    sha256: str  # of every label the truth holds
+
+    def has(self, key: str) -> bool: ...
+    def read(
+        self, key: str, class_names: Sequence[str], background: int
+    ) -> ClassMap: ...  # in class_names' ids, IGNORE kept
+    def unmatched(self, keys: Sequence[str]) -> list[str]: ...  # truth entries none of keys use
+
+
+def open_truth(source: str) -> Truth:
+    """A masks folder, or a COCO JSON file (by its ``.json`` name)."""
+    storage = storage_for(source)
+    if source.lower().endswith(".json"):
+        return CocoTruth(source, storage)
+    return MaskTruth(source, storage)
+
+
+def check_names(truth: Truth, class_names: Sequence[str]) -> None:
+    """Every truth class must be one of the model's, by name."""
+    unknown = [name for name in truth.names or () if name not in class_names]
+    if unknown:
+        raise TruthError(
+            f"{truth.source}: truth class {unknown[0]!r} is not one of the model's classes "
+            f"({', '.join(class_names)})"
+        )
+
+
+class MaskTruth:
+    def __init__(self, source: str, storage: Storage) -> None:
+        self.source = source
+        try:
+            files = {
+                info.key: storage.read(info.uri)
+                for info in storage.list(source)
+                if info.key.lower().endswith(".png") or info.key in ("labelmap.txt", "index.csv")
+            }
+        except StorageError as exc:
+            raise TruthError(f"{source}: cannot read the truth masks ({exc})") from exc
+        digest = hashlib.sha256()
+        for name in sorted(files):
+            digest.update(f"{name}\t{hashlib.sha256(files[name]).hexdigest()}\n".encode())
+        self.sha256 = digest.hexdigest()
+        self.colours: dict[tuple[int, int, int], int] = {}
+        self.names: tuple[str, ...] | None = None
+        if "labelmap.txt" in files:
+            self.names, self.colours = _labelmap(files["labelmap.txt"], source)
+        self.masks = {name: data for name, data in files.items() if name.lower().endswith(".png")}
+        if not self.masks:
+            raise TruthError(f"{source}: no PNG masks found")
+        self.entries = _index(files["index.csv"], source) if "index.csv" in files else None
+        folder = f"{CLASSES_FOLDER}/"
+        nested = any(name.startswith(folder) for name in self.masks)
+        self.stems = {
+            name.removeprefix(folder)[: -len(".png")]: name
+            for name in self.masks
+            if not nested or name.startswith(folder)
+        }
+
+    def _mask_of(self, key: str) -> str | None:
+        if self.entries is not None:
+            return self.entries.get(key)
+        return self.stems.get(mask_name(key))
+
+    def has(self, key: str) -> bool:
+        return self._mask_of(key) is not None
+
+    def unmatched(self, keys: Sequence[str]) -> list[str]:
+        if self.entries is not None:
+            return sorted(set(self.entries) - set(keys))
+        used = {mask_name(key) for key in keys}
+        return sorted(name for stem, name in self.stems.items() if stem not in used)
+
+    def read(self, key: str, class_names: Sequence[str], background: int) -> ClassMap:
+        name = self._mask_of(key)
+        if name is None:
+            raise TruthError(f"{key}: no truth mask")
+        if name not in self.masks:
+            raise TruthError(f"{key}: mask {name} named in index.csv is not in {self.source}")
+        try:
+            with Image.open(io.BytesIO(self.masks[name])) as image:
+                image.load()
+                values = self._indices(image, name)
+        except TruthError:
+            raise
+        except Exception as exc:  # a broken PNG can make Pillow raise anything
+            raise TruthError(f"{key}: mask {name} is not a readable PNG ({exc})") from exc
+        return _remap(values, self.names, class_names, f"{key}: mask {name}")
+
+    def _indices(self, image: Image.Image, name: str) -> ClassMap:
+        if image.mode in ("P", "L"):
+            return np.asarray(image, dtype=np.uint8)
+        if image.mode == "1":
+            return np.asarray(image.convert("L"), dtype=np.uint8) // 255
+        if image.mode not in ("RGB", "RGBA"):
+            raise TruthError(f"mask {name}: {image.mode} masks are not class maps")
+        if not self.colours:
+            raise TruthError(f"mask {name} is RGB, but {self.source} has no labelmap.txt colours")
+        rgb = np.asarray(image.convert("RGB"), dtype=np.uint32)
+        packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        colours, inverse = np.unique(packed, return_inverse=True)
+        lut = np.empty(len(colours), np.uint8)
+        for i, value in enumerate(colours.tolist()):
+            colour = (value >> 16, (value >> 8) & 255, value & 255)
+            if colour not in self.colours:
+                raise TruthError(f"mask {name}: colour {colour} is not in labelmap.txt")
+            lut[i] = self.colours[colour]
+        indices: ClassMap = lut[inverse.reshape(packed.shape)]
+        return indices
+
+
+def _labelmap(data: bytes, source: str) -> tuple[tuple[str, ...], dict[tuple[int, int, int], int]]:
+    """CVAT's ``name:r,g,b:parts:actions`` lines, in class-index order; '#' lines are comments."""
+    names: list[str] = []
+    colours: dict[tuple[int, int, int], int] = {}
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, _, rest = line.partition(":")
+        rgb = rest.partition(":")[0].split(",")
+        if len(rgb) == 3 and all(v.strip().isdigit() for v in rgb):
+            colour = (int(rgb[0]), int(rgb[1]), int(rgb[2]))
+            colours.setdefault(colour, len(names))
+        names.append(name)
+    if len(names) > IGNORE:
+        raise TruthError(f"{source}: labelmap.txt names {len(names)} classes, more than 255")
+    return tuple(names), colours
+
+
+def _index(data: bytes, source: str) -> dict[str, str]:
+    """``index.csv``'s key -> mask path, refusing paths that leave the folder."""
+    rows = csv.DictReader(io.StringIO(data.decode("utf-8", errors="replace")))
+    if not rows.fieldnames or not {"key", "mask"} <= set(rows.fieldnames):
+        raise TruthError(f"{source}: index.csv needs 'key' and 'mask' columns")
+    out = {}
+    for line, row in enumerate(rows, start=2):
+        if not row["key"] or not row["mask"]:
+            raise TruthError(f"{source}: index.csv line {line} lacks a key or a mask")
+        mask = row["mask"].replace("\\", "/")
+        parts = mask.split("/")
+        if mask.startswith("/") or ":" in parts[0] or any(p in ("", ".", "..") for p in parts):
+            raise TruthError(f"{source}: index.csv mask path {mask!r} leaves the folder")
+        out[row["key"]] = mask
+    return out
+
+
+def _remap(
+    values: ClassMap, names: tuple[str, ...] | None, class_names: Sequence[str], what: str
+) -> ClassMap:
+    """Truth indices -> class ids by name (or as they are, with no names); 255 stays 255."""
+    lut = np.full(256, -1, np.int16)
+    lut[IGNORE] = IGNORE
+    if names is None:
+        lut[: len(class_names)] = np.arange(len(class_names))
+    else:
+        for index, name in enumerate(names):
+            if name in class_names:
+                lut[index] = class_names.index(name)
+    mapped = lut[values]
+    if (mapped < 0).any():
+        bad = int(values[mapped < 0][0])
+        named = f" ({names[bad]!r})" if names and bad < len(names) else ""
+        raise TruthError(
+            f"{what}: class index {bad}{named} is not one of the model's {len(class_names)} classes"
+        )
+    return mapped.astype(np.uint8)
+
+
+class CocoTruth:
+    def __init__(self, source: str, storage: Storage) -> None:
+        self.source = source
+        try:
+            data = storage.read(source)
+        except StorageError as exc:
+            raise TruthError(f"{source}: cannot read the COCO file ({exc})") from exc
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        try:
+            coco = json.loads(data)
+            categories = {int(c["id"]): str(c["name"]) for c in coco["categories"]}
+            self.images = {str(i["file_name"]): i for i in coco["images"]}
+            ids = {i["id"]: name for name, i in self.images.items()}
+            self.annotations: dict[str, list[dict[str, Any]]] = {n: [] for n in self.images}
+            for a in coco["annotations"]:
+                self.annotations[ids[a["image_id"]]].append(a)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise TruthError(f"{source}: not a COCO instances file ({exc!r})") from exc
+        if len(self.images) != len(coco["images"]):
+            raise TruthError(f"{source}: two images share a file_name")
+        self.categories = categories
+        self.names: tuple[str, ...] | None = tuple(dict.fromkeys(categories.values()))
+
+    def has(self, key: str) -> bool:
+        return key in self.images
+
+    def unmatched(self, keys: Sequence[str]) -> list[str]:
+        return sorted(set(self.images) - set(keys))
+
+    def read(self, key: str, class_names: Sequence[str], background: int) -> ClassMap:
+        """Annotations painted in file order over the background; a later one wins."""
+        image = self.images[key]
+        height, width = int(image["height"]), int(image["width"])
+        out = np.full((height, width), background, np.uint8)
+        for a in self.annotations[key]:
+            name = self.categories.get(a.get("category_id", -1))
+            if name is None or name not in class_names:
+                raise TruthError(f"{key}: annotation {a.get('id')} has an unknown category")
+            try:
+                mask = _decode_segmentation(a["segmentation"], height, width)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise TruthError(f"{key}: annotation {a.get('id')}: bad segmentation") from exc
+            out[mask] = class_names.index(name)
+        return out
+
+
+def _decode_segmentation(segmentation: Any, height: int, width: int) -> npt.NDArray[np.bool_]:
+    if isinstance(segmentation, list):  # polygons
+        if not segmentation:
+            return np.zeros((height, width), bool)
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation["counts"], list):  # uncompressed RLE
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        if list(segmentation["size"]) != [height, width]:
+            raise ValueError(f"RLE size {segmentation['size']} is not the image's")
+        rle = {"size": [height, width], "counts": segmentation["counts"]}
+        if isinstance(rle["counts"], str):
+            rle["counts"] = rle["counts"].encode()
+    return np.asarray(mask_utils.decode(rle), dtype=bool)

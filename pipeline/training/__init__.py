@@ -1,0 +1,1 @@
+"""Fine-tuning a checkpoint on reviewed labels."""
