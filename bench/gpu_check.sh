@@ -11,8 +11,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 status=0
-timeout 180 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_models.py \
-  tests/test_predictor.py 2>&1 | tee "$out/tests.txt" || status=1
+timeout 180 python3 -m pytest -q -p no:cacheprovider -m gpu tests/deeplab/test_models.py \
+  tests/deeplab/test_predictor.py 2>&1 | tee "$out/tests.txt" || status=1
 timeout 240 python3 bench/bench_pipeline.py --device cuda --images 64 --rounds 2 2>&1 \
   | tee "$out/bench_pipeline.txt" || status=1
 timeout 90 python3 bench/bench_model.py --device cuda 2>&1 | tee "$out/bench_model.txt" || status=1

@@ -44,10 +44,10 @@ def write_run(
             class_map, np.full_like(class_map, 200), image_id=image_id, policy=policy
         )
         regions += found
-        images.append(_record(key, image_id, source, class_map.shape, len(found)))
+        images.append(image_record(key, image_id, source, class_map.shape, len(found)))
     for key, reason in (failed or {}).items():
         images.append(
-            _record(key, image_id_for(key), source, None, 0, status="failed", error=reason)
+            image_record(key, image_id_for(key), source, None, 0, status="failed", error=reason)
         )
     images.sort(key=lambda r: r.key)
     lineage = {r.image_id: f"{r.content_hash}:v1:c1" for r in images}
@@ -79,7 +79,7 @@ def write_run(
     return open_run(str(out))
 
 
-def _record(
+def image_record(
     key: str,
     image_id: str,
     source: str,

@@ -74,12 +74,14 @@ COVERED: dict[str, str] = {
     r"\.venv/bin/(ruff check \.|ruff format --check \.|mypy)": "here: in the checkout",
     r"\.venv/bin/python bench/bench_\w+\.py.*": "here: --help",
     r"bash bench/gpu_(wheels|check)\.sh": "here: bash -n (a GPU machine runs them)",
-    # Scale-out needs a Prefect server and work-pool workers: tests/test_scale_out.py runs
+    # Scale-out needs a Prefect server and work-pool workers: tests/flows/test_scale_out.py runs
     # deploy and --executor deployment against a real one, with process workers.
-    r"export PREFECT_API_URL=.*": "tests/test_scale_out.py",
+    r"export PREFECT_API_URL=.*": "tests/flows/test_scale_out.py",
     r"prefect worker start .*": "tests/prefect_server.py",
-    r"prelabel deploy nightly .*": "tests/test_scale_out.py",
-    r"prelabel annotate s3://\S+ --out s3://\S+ --executor deployment": "tests/test_scale_out.py",
+    r"prelabel deploy nightly .*": "tests/flows/test_scale_out.py",
+    r"prelabel annotate s3://\S+ --out s3://\S+ --executor deployment": (
+        "tests/flows/test_scale_out.py"
+    ),
     # No Docker daemon in CI: the compose file and image are checked as files.
     r".*docker compose -f docker/compose\.yaml up -d": "tests/test_docker.py",
 }

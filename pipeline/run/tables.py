@@ -133,9 +133,3 @@ def write_table(storage: Storage, uri: str, table: pa.Table) -> None:
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
     storage.write_atomic(uri, buffer.getvalue())
-
-
-def read_tables(storage: Storage, uris: Sequence[str], schema: pa.Schema) -> pa.Table:
-    """Concatenate shard files in the given order; no files gives an empty table."""
-    tables = [pq.read_table(io.BytesIO(storage.read(uri)), schema=schema) for uri in uris]
-    return pa.concat_tables(tables) if tables else schema.empty_table()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 PRELABEL = [sys.executable, "-c", "from flows.cli import app; app()"]
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _prelabel(*args: str) -> subprocess.CompletedProcess[str]:

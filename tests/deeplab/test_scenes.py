@@ -12,7 +12,7 @@ import pytest
 
 from deeplab.scenes import DEMO_CLASSES, RING, Scene, _main, render_scene, scenes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HEIGHT, WIDTH = 97, 131  # odd and unequal, so a transposed mask cannot pass
 OBJECT_IDS = range(1, len(DEMO_CLASSES))
 

@@ -39,8 +39,8 @@ from pipeline.review.report import one_class_images, write_report
 from pipeline.review.sync import PushRecord
 from pipeline.review.thumbnails import ALPHA, NEUTRAL, paint, review_pictures
 from tests.browser import chromium
+from tests.labeling.test_uncertainty import _ambiguous
 from tests.runs import SHARD, write_run
-from tests.test_uncertainty import _ambiguous
 
 IMG = "<img src=x onerror=alert(1)>"
 SCRIPT = "<script>document.title='pwned'</script>"

@@ -16,7 +16,7 @@ from pipeline.geometry.policy import RegionPolicy
 from pipeline.geometry.regions import image_regions
 from pipeline.labeling.annotate import annotate
 from pipeline.labeling.uncertainty import image_uncertainty
-from tests.test_resume import merged
+from tests.run.test_resume import merged
 
 
 def test_figures_match_a_direct_computation() -> None:

@@ -16,7 +16,7 @@ from deeplab.bundled import DEMO_CHECKPOINT
 from pipeline.config import RunConfig
 from pipeline.labeling import model_ids
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 HEAVY = ("torch", "prefect", "boto3")
 

@@ -17,7 +17,7 @@ from deeplab.scenes import scenes
 from deeplab.tiling import predict_tiled, ramp, tile_starts
 from pipeline.config import RunConfig
 from pipeline.labeling.annotate import annotate
-from tests.test_resume import merged
+from tests.run.test_resume import merged
 
 
 def pixelwise(batch: np.ndarray) -> torch.Tensor:

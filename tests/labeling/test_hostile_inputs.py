@@ -209,7 +209,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
         text=True,
         timeout=120,
         check=True,
-        cwd=Path(__file__).parents[1],
+        cwd=Path(__file__).parents[2],
     )
     message, rise_kib = result.stdout.strip().splitlines()
     assert message == f"{huge}: 40000x40000 px is over the 100000000 pixel limit"

@@ -47,7 +47,7 @@ POLICY = RegionPolicy(instances="semantic", min_area=1, simplify_tolerance=1.0, 
 PORTRAIT, OTHER, FAILED = "portrait.png", "sub dir/other #1.png", "broken.png"
 
 LS_SDK = "label-studio-sdk==2.1.2"
-LS_DECODE = Path(__file__).parent / "ls_reference" / "decode_brush.py"
+LS_DECODE = Path(__file__).parents[1] / "ls_reference" / "decode_brush.py"
 
 
 def _portrait() -> np.ndarray:

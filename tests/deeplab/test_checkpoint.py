@@ -22,7 +22,7 @@ from deeplab.checkpoint import META_KEY
 from deeplab.convert import VAINF_PLUS_RULES, convert_state_dict
 from tests.helpers import randomize_batchnorm_
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 TORCHVISION_BUILDERS = [deeplabv3_resnet50, deeplabv3_resnet101, deeplabv3_mobilenet_v3_large]
 
 

@@ -15,7 +15,7 @@ from pipeline.labeling.tracing import trace, tracer
 from pipeline.labeling.uncertainty import image_uncertainty
 from pipeline.run.tables import regions_table
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _loaded() -> list[str]:
@@ -57,7 +57,7 @@ def test_workers_of_the_prelabel_command_import_neither_torch_nor_prefect(tmp_pa
         "from flows.__main__ import main  # the console script's own import\n"
         "if __name__ == '__main__':\n"
         "    from pipeline.labeling.tracing import tracer\n"
-        "    from tests.test_postprocess import _loaded\n"
+        "    from tests.labeling.test_tracing import _loaded\n"
         "    print(tracer(1).submit(_loaded).result(timeout=120))\n"
     )
     done = subprocess.run(

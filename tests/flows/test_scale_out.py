@@ -15,7 +15,7 @@ from deeplab.scenes import scenes
 from pipeline.config import RunConfig
 from pipeline.labeling.annotate import annotate
 from tests.prefect_server import PrefectStack
-from tests.test_resume import comparable, merged
+from tests.run.test_resume import comparable, merged
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

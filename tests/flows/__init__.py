@@ -1,0 +1,1 @@
+"""Tests of flows: the command line and the Prefect flows."""

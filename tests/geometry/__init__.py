@@ -1,0 +1,1 @@
+"""Tests of pipeline.geometry: class maps to regions."""

@@ -1,0 +1,1 @@
+"""Tests of pipeline.labeling: from a source to records."""

@@ -1,0 +1,1 @@
+"""Tests of pipeline.quality: truth and evaluation."""

@@ -1,0 +1,1 @@
+"""Tests of pipeline.review: the report and Label Studio."""

@@ -1,0 +1,120 @@
+"""The ledger: which images a run folder holds, which a rerun must label, and what it refuses."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipeline.geometry.policy import RegionPolicy
+from pipeline.geometry.regions import image_regions
+from pipeline.run.layout import RunLayout
+from pipeline.run.ledger import Ledger, LedgerConflictError
+from pipeline.run.tables import REGIONS_SCHEMA, images_table, regions_table, write_table
+from pipeline.storage import LocalStorage, ObjectInfo
+from tests.runs import CLASS_NAMES, image_record
+
+
+def _shard(layout: RunLayout, shard: str, rows: list[tuple[str, str, str, bool]]) -> None:
+    """Write a shard: (key, etag, status, retryable) per image; each ok image has one region,
+    a square whose side is the shard's generation + 2 (so regions tell shards apart)."""
+    generation = int(shard.split("-")[1])
+    records, columns = [], []
+    for key, etag, status, retryable in rows:
+        record = image_record(key, f"id-{key}", "/in", (8, 8) if status == "ok" else None, 0)
+        records.append(
+            dataclasses.replace(
+                record,
+                shard=shard,
+                etag=etag,
+                status=status,
+                retryable=retryable,
+                region_count=int(status == "ok"),
+            )
+        )
+        if status == "ok":
+            side = generation + 2
+            class_map = np.zeros((8, 8), np.uint8)
+            class_map[:side, :side] = 1
+            found = image_regions(
+                class_map,
+                np.full_like(class_map, 200),
+                image_id=f"id-{key}",
+                policy=RegionPolicy(min_area=1),
+            )
+            columns.append(found.columns)
+    write_table(layout.storage, layout.images(shard), images_table(records))
+    lineage = {r.image_id: f"h:{r.model_version}:{r.config_hash}" for r in records}
+    regions = [regions_table(c, CLASS_NAMES, lineage) for c in columns]
+    table = pa.concat_tables(regions) if regions else REGIONS_SCHEMA.empty_table()
+    write_table(layout.storage, layout.records(shard), table)
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> RunLayout:
+    layout = RunLayout(LocalStorage(), str(tmp_path / "run"))
+    _shard(layout, "shard-0000-00000", [("a", "e1", "ok", False), ("b", "e1", "ok", False)])
+    _shard(layout, "shard-0001-00000", [("b", "e2", "ok", False), ("c", "e1", "failed", True)])
+    _shard(layout, "shard-0001-00001", [("d", "e1", "failed", False)])
+    return layout
+
+
+def _item(key: str, etag: str) -> ObjectInfo:
+    return ObjectInfo(uri=f"/in/{key}", key=key, size=1, etag=etag)
+
+
+def test_the_latest_row_of_each_key_wins(layout: RunLayout) -> None:
+    ledger = Ledger.load(layout)
+    assert ledger.images.column("key").to_pylist() == ["a", "b", "c", "d"]
+    assert ledger.images.column("etag").to_pylist() == ["e1", "e2", "e1", "e1"]
+    assert ledger.shards == ("shard-0000-00000", "shard-0001-00000", "shard-0001-00001")
+    assert ledger.next_generation == 2
+
+
+def test_a_rerun_labels_new_changed_and_retryable_images_only(layout: RunLayout) -> None:
+    ledger = Ledger.load(layout)
+    listed = [
+        _item("a", "e1"),  # labeled, unchanged: done
+        _item("b", "e1"),  # labeled at e2, now e1: changed
+        _item("c", "e1"),  # failed reading (retryable): again
+        _item("d", "e1"),  # failed as bad input, same bytes: not again
+        _item("e", "e1"),  # new
+    ]
+    assert [i.key for i in ledger.todo(listed)] == ["b", "c", "e"]
+    assert [i.key for i in ledger.todo([_item("d", "e2")])] == ["d"]  # its bytes changed
+
+
+def test_regions_are_those_of_each_images_latest_row_in_key_order(layout: RunLayout) -> None:
+    regions = Ledger.load(layout).regions(layout)
+    assert regions.column("image_id").to_pylist() == ["id-a", "id-b"]
+    # b's region is the one of generation 1 (a 3x3 square), not generation 0's 2x2.
+    assert regions.column("area").to_pylist() == [4, 9]
+
+
+def test_another_model_or_config_is_refused_naming_the_folder(layout: RunLayout) -> None:
+    ledger = Ledger.load(layout)
+    ledger.check(model_version="v1", config_hash="c1", out="RUN")
+    with pytest.raises(LedgerConflictError, match=r"RUN holds labels from another model \(v1"):
+        ledger.check(model_version="v2", config_hash="c1", out="RUN")
+    with pytest.raises(LedgerConflictError, match="another labeling config"):
+        ledger.check(model_version="v1", config_hash="c2", out="RUN")
+
+
+def test_damaged_files_are_named_and_the_rest_still_loads(layout: RunLayout) -> None:
+    images = Path(layout.images("shard-0001-00001"))
+    images.write_bytes(images.read_bytes()[:40])  # a truncated copy
+    Path(layout.records("shard-0000-00000")).unlink()
+    ledger = Ledger.load(layout)
+    assert [d.shard for d in ledger.damaged] == ["shard-0001-00001"]
+    assert ledger.images.column("key").to_pylist() == ["a", "b", "c"]
+    assert [(d.shard, d.reason) for d in ledger.damaged_records(layout)] == [
+        ("shard-0000-00000", "missing")
+    ]
+
+
+def test_an_empty_folder_is_an_empty_ledger(tmp_path: Path) -> None:
+    ledger = Ledger.load(RunLayout(LocalStorage(), str(tmp_path / "none")))
+    assert ledger.images.num_rows == 0 and ledger.shards == () and ledger.next_generation == 0

@@ -1,0 +1,1 @@
+"""Tests of pipeline.storage: local folders and S3."""
