@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.errors import PrelabelError
+
 # Run in the new process before it becomes uvicorn: ask Linux for SIGTERM when the parent
 # dies (prctl PR_SET_PDEATHSIG, kept across exec), and leave if the parent is already gone.
 _LAUNCH = """
@@ -30,7 +32,7 @@ os.execv(sys.executable, [sys.executable, "-m", "uvicorn", *sys.argv[2:]])
 """
 
 
-class ServerError(RuntimeError):
+class ServerError(PrelabelError):
     """The temporary server did not come up."""
 
 

@@ -118,7 +118,7 @@ class RunConfig(BaseSettings):
     @model_validator(mode="after")
     def _tiles_overlap_less_than_a_tile(self) -> RunConfig:
         """Worded with the field names as words and listed in ``fields``, so that a command
-        line can name each as its user set it (flows.cli_common.describe)."""
+        line can name each as its user set it (flows.cli.common.describe)."""
         if self.tile_overlap >= self.tile_size:
             raise PydanticCustomError(
                 "tile_overlap_not_under_tile_size",

@@ -12,7 +12,7 @@ import typer
 from PIL import Image
 from pydantic import BaseModel, ValidationError, field_validator
 
-from flows.cli_common import cannot_start, describe, flags_given
+from flows.cli.common import cannot_start, describe, flags_given
 from pipeline.config import RunConfig
 
 PRELABEL = [sys.executable, "-c", "from flows.cli import app; app()"]

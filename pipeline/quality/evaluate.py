@@ -22,6 +22,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from deeplab.metrics import confusion_matrix, iou_per_class
+from pipeline.errors import PrelabelError
 from pipeline.geometry.class_maps import class_map_of
 from pipeline.quality.truth import IGNORE, Truth, TruthError, check_names
 from pipeline.run.view import RunView
@@ -33,7 +34,7 @@ _TOP_IMAGES = 20  # images listed in the markdown, most corrected first
 _LISTED = 50  # failed images, and images without truth, named in the markdown
 
 
-class EvaluationError(Exception):
+class EvaluationError(PrelabelError):
     """An evaluation that cannot be made (no image with truth, two runs of one model)."""
 
 

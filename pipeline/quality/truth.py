@@ -27,6 +27,7 @@ import numpy.typing as npt
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from pipeline.errors import PrelabelError
 from pipeline.formats.masks import CLASSES_FOLDER, mask_name
 from pipeline.storage import Storage, StorageError, storage_for
 
@@ -35,7 +36,7 @@ IGNORE = 255  # truth pixels nobody labeled
 ClassMap = npt.NDArray[np.uint8]
 
 
-class TruthError(Exception):
+class TruthError(PrelabelError):
     """Truth that cannot be read or does not fit the model's classes; one line why."""
 
 

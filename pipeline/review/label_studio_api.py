@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 
+from pipeline.errors import PrelabelError
+
 __all__ = ["TOKEN_VARIABLES", "LabelStudio", "LabelStudioError", "token_from_env"]
 
 # The SDK's variable first, then the name Label Studio's own docs use.
@@ -20,7 +22,7 @@ TOKEN_VARIABLES = ("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_TOKEN")
 _IMPORT_BATCH = 500  # tasks per import request, so no request grows without bound
 
 
-class LabelStudioError(Exception):
+class LabelStudioError(PrelabelError):
     """Label Studio could not be reached or refused a request; one line, never the token."""
 
 

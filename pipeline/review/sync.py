@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 
+from pipeline.errors import PrelabelError
 from pipeline.formats.label_studio import label_config, label_studio_tasks
 from pipeline.formats.masks import (
     CLASSES_FOLDER,
@@ -57,7 +58,7 @@ _PREDICTION_FIELDS = ("model_version", "score", "result")
 _OPAQUE = 128  # brush alpha from here up is inside the mask: the canvas antialiases edges
 
 
-class ReviewSyncError(Exception):
+class ReviewSyncError(PrelabelError):
     """A project or an annotation that push or pull cannot use; one line why."""
 
 

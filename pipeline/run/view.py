@@ -48,7 +48,7 @@ class ExportOptions(BaseModel):
     @model_validator(mode="after")
     def _one_url_kind(self) -> ExportOptions:
         """Worded with the field names, listed in ``fields``, so that a command line names
-        its flags (flows.cli_common.describe)."""
+        its flags (flows.cli.common.describe)."""
         if self.image_url_prefix is not None and self.local_files_root is not None:
             raise PydanticCustomError(
                 "two_image_url_kinds",

@@ -37,4 +37,6 @@ def storage_for(uri: str, config: StorageConfig | None = None) -> Storage:
         if config is None:
             return S3Storage()
         return S3Storage(config.s3, threads=config.workers)
-    raise ValueError(f"{uri}: unsupported storage scheme {scheme!r}; give a local folder or s3://")
+    raise StorageError(
+        f"{uri}: unsupported storage scheme {scheme!r}; give a local folder or s3://"
+    )

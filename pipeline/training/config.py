@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipeline.errors import PrelabelError
+
 # Steps when the config names none. A CPU step of the demo model at the default batch and crop
 # takes ~1.2 s on 2 AVX-512 cores (a few times that on a busy or older CPU): 100 steps finish in
 # minutes, not the hour 500 would take, and already lift the validation mIoU of a layout the
@@ -18,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 GPU_STEPS, CPU_STEPS = 500, 100
 
 
-class FinetuneError(Exception):
+class FinetuneError(PrelabelError):
     """Fine-tuning that cannot start (no labeled image, an unwritable output); one line why."""
 
 

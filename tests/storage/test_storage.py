@@ -71,7 +71,7 @@ def test_ensure_writable_refuses_a_file_in_the_way(tmp_path: Path) -> None:
 
 
 def test_unknown_schemes_are_refused_by_name() -> None:
-    with pytest.raises(ValueError, match="unsupported storage scheme 'gs'"):
+    with pytest.raises(StorageError, match="unsupported storage scheme 'gs'"):
         storage_for("gs://bucket/images")
 
 

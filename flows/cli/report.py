@@ -7,12 +7,14 @@ from typing import Annotated
 
 import typer
 
-from flows.cli_common import cannot_start, console
-from pipeline.errors import PrelabelError
+from flows.cli.common import cannot_start, console
 from pipeline.formats import open_run
 from pipeline.review.report import DEFAULT_LIMIT, write_report
 
+app = typer.Typer()
 
+
+@app.command("report")
 def report_command(
     run: Annotated[str, typer.Argument(help="A finished run folder.")],
     out: Annotated[
@@ -45,7 +47,7 @@ def report_command(
     start = time.perf_counter()
     try:
         report = write_report(open_run(run), page=out, source_images=source_images, limit=limit)
-    except (PrelabelError, OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         cannot_start(str(exc))
     console.print(f"wrote {report.page}", highlight=False, markup=False, soft_wrap=True)
     console.print(

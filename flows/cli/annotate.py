@@ -11,7 +11,6 @@ import os
 import sys
 import time
 import traceback
-from importlib import metadata
 from typing import Annotated, Any, Literal
 
 import typer
@@ -28,7 +27,7 @@ from rich.progress import (
 from rich.table import Table
 
 from deeplab.errors import CheckpointError
-from flows.cli_common import (
+from flows.cli.common import (
     EXIT_SOME_FAILED,
     cannot_start,
     console,
@@ -44,12 +43,8 @@ from pipeline.errors import PrelabelError
 from pipeline.formats import (
     EXPORTERS,
     ExportError,
-    ExportOptions,
     check_formats,
-    open_run,
 )
-from pipeline.formats import export as write_exports
-from pipeline.formats.label_studio import check_image_urls
 from pipeline.geometry.policy import RegionPolicy
 from pipeline.labeling import progress
 from pipeline.labeling.annotate import (
@@ -61,7 +56,6 @@ from pipeline.labeling.annotate import (
     run_lease,
 )
 from pipeline.retry import retrying
-from pipeline.run.view import recorded_formats
 from pipeline.storage import storage_for
 
 _FORMATS = ", ".join(EXPORTERS)
@@ -74,35 +68,7 @@ def _default(field: str, model: type[BaseModel] = RunConfig) -> str:
     return ",".join(value) if isinstance(value, tuple) else str(value)
 
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    # Plain help: the rich one labels every flag "<bool>" and hides "--x/--no-x".
-    rich_markup_mode=None,
-    help=(
-        "Pre-label a folder or bucket of images for semantic segmentation with DeepLabV3+, "
-        "then review the labels instead of drawing them.\n\n"
-        "Exit codes: 0 all done, 3 some images failed (listed), 2 could not start."
-    ),
-)
-
-
-def _version(asked: bool) -> None:
-    if asked:
-        typer.echo(f"prelabel {metadata.version('prelabel')}")
-        raise typer.Exit()
-
-
-@app.callback()
-def main(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version", callback=_version, is_eager=True, help="Print the version and exit."
-        ),
-    ] = False,
-) -> None:
-    """Pre-label images for semantic segmentation with DeepLabV3+."""
+app = typer.Typer()
 
 
 @app.command()
@@ -236,67 +202,6 @@ def annotate(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
-@app.command("export")
-def export_command(
-    run: Annotated[str, typer.Argument(help="A finished run folder.")],
-    formats: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--format",
-            "-f",
-            help=f"Format to write (repeat): {_FORMATS}.",
-            show_default="the formats the run was made with, else coco",
-        ),
-    ] = None,
-    ls_regions: Annotated[
-        str, typer.Option(help="Label Studio results: polygon (brush where needed) or brush.")
-    ] = "polygon",
-    image_url_prefix: Annotated[
-        str | None, typer.Option(metavar="URL", help="Label Studio image URL = prefix + key.")
-    ] = None,
-    local_files_root: Annotated[
-        str | None,
-        typer.Option(
-            metavar="DIR",
-            help="Label Studio image URL = /data/local-files/?d= + the image's path under DIR, "
-            "Label Studio's LOCAL_FILES_DOCUMENT_ROOT.",
-        ),
-    ] = None,
-    wkb: Annotated[bool, typer.Option("--wkb", help="parquet: add a WKB geometry column.")] = False,
-) -> None:
-    """Write exports from a run's records; the model is not run again.
-
-    Label Studio tasks point at the images' source paths unless --image-url-prefix or
-    --local-files-root says where Label Studio finds them.
-    """
-    flags = {
-        "ls_regions": "--ls-regions",
-        "image_url_prefix": "--image-url-prefix",
-        "local_files_root": "--local-files-root",
-    }
-    try:
-        options = ExportOptions(
-            ls_regions=ls_regions,
-            image_url_prefix=image_url_prefix,
-            local_files_root=local_files_root,
-            wkb=wkb,
-        )
-        chosen = tuple(formats) if formats else recorded_formats(run)
-        check_formats(chosen)
-        view = open_run(run)
-        # Before any format is written: a refused image URL leaves no export half-done.
-        notice = check_image_urls(view, options) if "label-studio" in chosen else None
-        written = write_exports(view, chosen, options)
-    except ValidationError as exc:
-        cannot_start("; ".join(describe(e, flags) for e in exc.errors()))
-    except PrelabelError as exc:
-        cannot_start(str(exc))
-    for uri in written:
-        console.print(f"wrote {uri}", highlight=False, markup=False, soft_wrap=True)
-    if notice is not None:
-        console.print(f"note: {notice}", highlight=False, markup=False, soft_wrap=True)
-
-
 @app.command("deploy")
 def deploy_command(
     name: Annotated[str, typer.Argument(help="Deployment name: annotate/NAME.")],
@@ -318,7 +223,7 @@ def deploy_command(
     deployment. Each scheduled run labels only the images added or changed since the last.
     """
     config = _checked_config(source, out, {"model": model, "device": device})
-    _preflight(config)
+    preflight(config)
     _prefect_defaults()
     from flows.deploy import deploy
 
@@ -345,7 +250,7 @@ def serve_command(
     """Serve a scheduled annotate job (and the shard deployment) from this host, without a
     work pool, until stopped with Ctrl-C."""
     config = _checked_config(source, out, {"model": model, "device": device})
-    _preflight(config)
+    preflight(config)
     _prefect_defaults()
     from flows.deploy import serve_here
 
@@ -371,13 +276,6 @@ def _checked_config(source: str, out: str, flags: dict[str, Any]) -> RunConfig:
     except ExportError as exc:
         cannot_start(str(exc))
     return config
-
-
-def _preflight(config: RunConfig) -> None:
-    try:
-        preflight(config)
-    except (PrelabelError, CheckpointError, ValueError) as exc:
-        cannot_start(str(exc))
 
 
 def _executor(name: str) -> Literal["local", "deployment"]:
@@ -560,29 +458,3 @@ def _print_summary(summary: RunSummary) -> None:
         )
         for _, reason in summary.failed:
             console.print(f"  {reason}", highlight=False, markup=False, soft_wrap=True)
-
-
-from flows.cli_report import report_command  # noqa: E402  (commands in their own modules)
-
-app.command("report")(report_command)
-
-from flows.cli_review import pull_command, push_command  # noqa: E402  (commands in their own modules)
-
-app.command("push")(push_command)
-app.command("pull")(pull_command)
-
-from flows.cli_evaluate import evaluate_command  # noqa: E402  (commands in their own modules)
-
-app.command("evaluate")(evaluate_command)
-
-from flows.cli_train import train_command  # noqa: E402  (commands in their own modules)
-
-app.command("train")(train_command)
-
-from flows.cli_verify import verify_command  # noqa: E402  (commands in their own modules)
-
-app.command("verify")(verify_command)
-
-from flows.cli_export_model import export_model_command  # noqa: E402  (commands in their own modules)
-
-app.command("export-model")(export_model_command)

@@ -11,21 +11,22 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from flows.cli_common import cannot_start, console, describe, option_flags
-from pipeline.errors import PrelabelError
+from flows.cli.common import cannot_start, console, describe, option_flags
 from pipeline.formats import ExportOptions, open_run
 from pipeline.formats.label_studio import check_image_urls
 from pipeline.review.label_studio_api import (
     TOKEN_VARIABLES,
     LabelStudio,
-    LabelStudioError,
     token_from_env,
 )
-from pipeline.review.sync import ReviewSyncError, pull, push
+from pipeline.review.sync import pull, push
 
 _URL_HELP = f"Label Studio's address, e.g. http://localhost:8080 (token: ${TOKEN_VARIABLES[0]})."
 
+app = typer.Typer()
 
+
+@app.command("push")
 def push_command(
     run: Annotated[str, typer.Argument(help="A finished run folder.")],
     label_studio: Annotated[str, typer.Option("--label-studio", help=_URL_HELP)],
@@ -59,13 +60,10 @@ def push_command(
     except ValidationError as exc:
         flags = option_flags(["ls_regions", "image_url_prefix", "local_files_root"])
         cannot_start("; ".join(describe(e, flags) for e in exc.errors()))
-    try:
-        view = open_run(run)
-        notice = check_image_urls(view, options)  # an image outside the root: nothing sent
-        with LabelStudio(label_studio, token_from_env()) as client:
-            summary = push(client, view, project, options)
-    except (LabelStudioError, ReviewSyncError, PrelabelError) as exc:
-        cannot_start(str(exc))
+    view = open_run(run)
+    notice = check_image_urls(view, options)  # an image outside the root: nothing sent
+    with LabelStudio(label_studio, token_from_env()) as client:
+        summary = push(client, view, project, options)
     console.print(
         f"pushed {run} to project {project!r} (id {summary.project_id}): "
         f"{summary.created} created, {summary.updated} updated, {summary.unchanged} unchanged, "
@@ -78,6 +76,7 @@ def push_command(
         console.print(f"note: {notice}", highlight=False, markup=False, soft_wrap=True)
 
 
+@app.command("pull")
 def pull_command(
     label_studio: Annotated[str, typer.Option("--label-studio", help=_URL_HELP)],
     project: Annotated[str, typer.Option(help="Project title.")],
@@ -85,11 +84,8 @@ def pull_command(
 ) -> None:
     """Bring a project's reviewed annotations back as class masks, in the masks export's
     layout; tasks nobody has annotated are left out."""
-    try:
-        with LabelStudio(label_studio, token_from_env()) as client:
-            summary = pull(client, project, out)
-    except (LabelStudioError, ReviewSyncError, PrelabelError) as exc:
-        cannot_start(str(exc))
+    with LabelStudio(label_studio, token_from_env()) as client:
+        summary = pull(client, project, out)
     console.print(
         f"pulled {summary.masks} masks from project {project!r} (id {summary.project_id}) "
         f"to {out}; {summary.unannotated} tasks without annotations skipped"

@@ -8,21 +8,22 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from flows.cli_common import cannot_start, console
-from pipeline.errors import PrelabelError
+from flows.cli.common import cannot_start, console
 from pipeline.formats import open_run
 from pipeline.quality.evaluate import (
     EVALUATIONS,
     Evaluation,
-    EvaluationError,
     evaluate_runs,
     model_label,
 )
-from pipeline.quality.truth import TruthError, open_truth
+from pipeline.quality.truth import open_truth
 
 _LISTED = 20  # failures printed; the evaluation's JSON and markdown list them all
 
+app = typer.Typer()
 
+
+@app.command("evaluate")
 def evaluate_command(
     run: Annotated[str, typer.Argument(help="A finished run folder.")],
     truth: Annotated[
@@ -51,7 +52,7 @@ def evaluate_command(
     try:
         views = [open_run(folder) for folder in (run, *(compare or ()))]
         evaluations = evaluate_runs(views, open_truth(truth), tolerance=boundary_tolerance)
-    except (EvaluationError, TruthError, PrelabelError, ValueError) as exc:
+    except ValueError as exc:
         cannot_start(str(exc))
     _print(evaluations)
     for view in views:

@@ -12,17 +12,17 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from deeplab.errors import CheckpointError
-from flows.cli_common import cannot_start, console, describe, option_flags
-from pipeline.errors import PrelabelError
-from pipeline.quality.truth import TruthError
-from pipeline.training.config import CPU_STEPS, GPU_STEPS, FinetuneConfig, FinetuneError
+from flows.cli.common import cannot_start, console, describe, option_flags
+from pipeline.training.config import CPU_STEPS, GPU_STEPS, FinetuneConfig
 
 if TYPE_CHECKING:
     from deeplab.train import StepLog
     from pipeline.training.finetune import FinetuneResult, Plan
 
+app = typer.Typer()
 
+
+@app.command("train")
 def train_command(
     images: Annotated[str, typer.Option(help="Folder or s3:// prefix of the reviewed images.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Checkpoint file to write.")],
@@ -83,7 +83,7 @@ def train_command(
     try:
         with listener:
             result = finetune(config, listener)
-    except (FinetuneError, TruthError, CheckpointError, PrelabelError, ValueError) as exc:
+    except ValueError as exc:
         cannot_start(str(exc))
     _print(result)
 

@@ -6,15 +6,17 @@ from typing import Annotated
 
 import typer
 
-from flows.cli_common import cannot_start, console
-from pipeline.errors import PrelabelError
+from flows.cli.common import cannot_start, console
 from pipeline.run.layout import RunLayout
 from pipeline.run.verify import verify_run
 from pipeline.storage import storage_for
 
 EXIT_PROBLEMS = 1
 
+app = typer.Typer()
 
+
+@app.command("verify")
 def verify_command(
     run: Annotated[str, typer.Argument(help="A run folder (local path or s3://bucket/prefix).")],
 ) -> None:
@@ -23,7 +25,7 @@ def verify_command(
     something is wrong (each problem says what a rerun does about it)."""
     try:
         health = verify_run(RunLayout(storage_for(run), run))
-    except (PrelabelError, ValueError) as exc:
+    except ValueError as exc:
         cannot_start(str(exc))
     console.print(
         f"{run}: {health.shards} shards, {health.images} images ({health.labeled} labeled, "

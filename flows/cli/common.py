@@ -49,6 +49,14 @@ def cannot_start(reason: str) -> NoReturn:
     raise typer.Exit(EXIT_CANNOT_START)
 
 
+def refused(exc: Exception) -> NoReturn:
+    """An error the user can act on, as one line; its exit code where it carries one."""
+    console.print(
+        f"[bold red]prelabel: cannot start:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+    )
+    raise typer.Exit(getattr(exc, "exit_code", EXIT_CANNOT_START))
+
+
 def stopped(reason: str) -> NoReturn:
     """A run that started and could not go on (a full disk, a refused write): exit 2 as for a
     refusal, since nothing was half-written and a rerun resumes."""
