@@ -16,6 +16,7 @@ from deeplab.backbones.resnet import ResNetBackbone
 from deeplab.backbones.xception import Xception65Backbone
 from deeplab.features import Backbone, check_output_stride
 from deeplab.heads import DeepLabV3Head, DeepLabV3PlusHead, FCNHead
+from deeplab.metrics import IGNORE_INDEX
 from deeplab.model import DeepLab
 from deeplab.registry import register
 
@@ -26,7 +27,7 @@ BACKBONES: dict[str, Callable[[int], Backbone]] = {
     "mobilenet_v2": MobileNetV2Backbone,
     "xception65": Xception65Backbone,
 }
-MAX_CLASSES = 255  # class maps are uint8 and 255 is the "ignore" label in training
+MAX_CLASSES = IGNORE_INDEX  # class maps are uint8, and the last value means "ignore"
 
 
 def _backbone(name: str, num_classes: int, output_stride: int) -> Backbone:

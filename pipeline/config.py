@@ -19,12 +19,17 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 
 from pipeline.geometry.policy import RegionPolicy
 from pipeline.run.view import ExportOptions
+from pipeline.storage import absolute
 from pipeline.storage.s3_settings import S3Settings
 
 ENV_PREFIX, ENV_NESTED = "PRELABEL_", "__"
 # The devices deeplab.predictor.resolve_device is meant for (the --device help, README); "auto"
 # picks one.
 _DEVICE = re.compile(r"auto|cpu|cuda(:(0|[1-9][0-9]*))?")
+
+
+# Pillow's decompression-bomb threshold, which also caps what it will decode.
+MAX_PIXELS = 89_478_485
 
 
 def default_cache_dir() -> Path:
@@ -57,7 +62,7 @@ class RunConfig(BaseSettings):
     max_side: int = Field(1024, ge=16)  # longer image side seen by the model; never upscaled
     # Larger images are refused from their header, before decoding. The default is Pillow's
     # decompression-bomb threshold, which also caps it (see pipeline.labeling.decode).
-    max_pixels: int = Field(89_478_485, ge=1)
+    max_pixels: int = Field(MAX_PIXELS, ge=1)
     shard_size: int = Field(256, ge=1)  # images per shard: the unit of work, retry and resume
     workers: int = Field(default_factory=_default_workers, ge=1)  # read + decode threads
     # Seconds one image's read may take before it is recorded as failed (retryable) and the
@@ -156,10 +161,7 @@ class RunConfig(BaseSettings):
     @field_validator("source", "out", "model")
     @classmethod
     def _absolute(cls, value: str) -> str:
-        """Local paths made absolute, so a worker in another directory reads the same files."""
-        if value == "demo" or "://" in value:
-            return value
-        return str(Path(value).expanduser().absolute())
+        return value if value == "demo" else absolute(value)
 
     @property
     def labeling_hash(self) -> str:

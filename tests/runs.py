@@ -11,7 +11,7 @@ import numpy as np
 
 from pipeline.formats import RunView, open_run
 from pipeline.geometry.policy import RegionPolicy
-from pipeline.geometry.regions import regions_from_class_map
+from pipeline.geometry.regions import image_regions
 from pipeline.labeling.shard_plan import image_id_for
 from pipeline.run.layout import ModelInfo, RunLayout, RunManifest
 from pipeline.run.records import ImageRecord, RegionColumns
@@ -40,9 +40,9 @@ def write_run(
     regions, images = [], []
     for key, class_map in class_maps.items():
         image_id = image_id_for(key)
-        found = regions_from_class_map(
+        found = image_regions(
             class_map, np.full_like(class_map, 200), image_id=image_id, policy=policy
-        )
+        ).regions
         regions += found
         images.append(image_record(key, image_id, source, class_map.shape, len(found)))
     for key, reason in (failed or {}).items():

@@ -15,6 +15,7 @@ from pipeline.quality.evaluate import (
     Evaluation,
     evaluate_runs,
     model_label,
+    percent,
 )
 from pipeline.quality.truth import open_truth
 
@@ -69,17 +70,17 @@ def _print(evaluations: list[Evaluation]) -> None:
         table.add_column(escape(model_label(e)), justify="right")
     rows = [
         ("images scored", [str(e.images) for e in evaluations]),
-        ("mIoU", [_pct(e.miou) for e in evaluations]),
-        ("pixel accuracy", [_pct(e.pixel_accuracy) for e in evaluations]),
+        ("mIoU", [percent(e.miou) for e in evaluations]),
+        ("pixel accuracy", [percent(e.pixel_accuracy) for e in evaluations]),
         (
             f"boundary F1 ({first.boundary_tolerance} px)",
-            [_pct(e.boundary_f1) for e in evaluations],
+            [percent(e.boundary_f1) for e in evaluations],
         ),
-        ("pixels changed", [_pct(e.changed_share) for e in evaluations]),
+        ("pixels changed", [percent(e.changed_share) for e in evaluations]),
         ("regions added", [str(e.regions_added) for e in evaluations]),
         ("regions removed", [str(e.regions_removed) for e in evaluations]),
         *(
-            (escape(f"IoU {name}"), [_pct(e.iou.get(name)) for e in evaluations])
+            (escape(f"IoU {name}"), [percent(e.iou.get(name)) for e in evaluations])
             for name in first.class_names
         ),
         ("failed", [str(len(e.failed)) for e in evaluations]),
@@ -106,7 +107,3 @@ def _print(evaluations: list[Evaluation]) -> None:
                 markup=False,
                 soft_wrap=True,
             )
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"

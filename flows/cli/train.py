@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from flows.cli.common import cannot_start, console, describe, option_flags
+from pipeline.quality.evaluate import percent
 from pipeline.training.config import CPU_STEPS, GPU_STEPS, FinetuneConfig
 
 if TYPE_CHECKING:
@@ -176,7 +177,7 @@ def _print(result: FinetuneResult) -> None:
     table.add_row("images", f"{result.train_images} training, {result.val_images} validation")
     table.add_row("steps", f"{result.meta.provenance.get('steps')} in {result.seconds:.1f} s")
     table.add_row(
-        "validation mIoU", f"{_pct(result.val_miou_before)} -> {_pct(result.val_miou_after)}"
+        "validation mIoU", f"{percent(result.val_miou_before)} -> {percent(result.val_miou_after)}"
     )
     table.add_row("classes", escape(result.classes))
     if result.unlabeled:
@@ -184,7 +185,3 @@ def _print(result: FinetuneResult) -> None:
     console.print(table)
     for key, reason in result.failed:
         console.print(f"  not used: {key}: {reason}", highlight=False, markup=False, soft_wrap=True)
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"

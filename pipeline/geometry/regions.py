@@ -22,7 +22,7 @@ from pipeline.geometry.polygons import Crossings, EdgeRings, edge_rings, polygon
 from pipeline.geometry.rle import compressed
 from pipeline.run.records import Region, RegionColumns, offsets
 
-__all__ = ["ImageRegions", "RegionPolicy", "image_regions", "regions_from_class_map"]
+__all__ = ["ImageRegions", "image_regions"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,25 +35,6 @@ class ImageRegions:
         return self.columns.regions()
 
 
-def regions_from_class_map(
-    class_map: npt.NDArray[np.uint8],
-    confidence: npt.NDArray[np.uint8],
-    *,
-    image_id: str,
-    policy: RegionPolicy,
-    low_confidence: float = 0.5,
-) -> list[Region]:
-    """Regions ordered by class id, then by each region's first pixel in raster order.
-
-    ``confidence`` is the max softmax scaled to 0..255; a region's score is its mean / 255,
-    and its low-confidence share the share of its pixels under ``low_confidence``.
-    The order is set here: OpenCV's contour numbering follows no documented order.
-    """
-    return image_regions(
-        class_map, confidence, image_id=image_id, policy=policy, low_confidence=low_confidence
-    ).regions
-
-
 def image_regions(
     class_map: npt.NDArray[np.uint8],
     confidence: npt.NDArray[np.uint8],
@@ -62,8 +43,13 @@ def image_regions(
     policy: RegionPolicy,
     low_confidence: float = 0.5,
 ) -> ImageRegions:
-    """:func:`regions_from_class_map` as columns, and the count of speckle components it
-    dropped."""
+    """The regions of a class map, as columns, and the count of speckle components dropped.
+
+    Regions are ordered by class id, then by each region's first pixel in raster order (set
+    here: OpenCV's contour numbering follows no documented order). ``confidence`` is the
+    max softmax scaled to 0..255; a region's score is its mean / 255, and its low-confidence
+    share the share of its pixels under ``low_confidence``.
+    """
     if class_map.ndim != 2 or class_map.dtype != np.uint8:
         raise ValueError(f"class_map must be 2-D uint8, got {class_map.dtype} {class_map.shape}")
     if confidence.shape != class_map.shape or confidence.dtype != np.uint8:

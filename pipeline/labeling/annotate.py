@@ -23,7 +23,7 @@ from pipeline.run.layout import ModelInfo, RunLayout, RunManifest, code_version
 from pipeline.run.lease import Lease, held_here, holding
 from pipeline.run.lease import verify as verify_lease
 from pipeline.run.ledger import DamagedShardError, Ledger, LedgerConflictError, quarantine
-from pipeline.storage import LocalStorage, NotFoundError, ObjectInfo, storage_for
+from pipeline.storage import LocalStorage, NotFoundError, ObjectInfo, is_uri, storage_for
 
 _EXTENSIONS = ", ".join(sorted(IMAGE_EXTENSIONS))
 
@@ -323,6 +323,6 @@ def _check_ledger(ledger: Ledger, config: RunConfig, model_version: str) -> None
 
 def _inside(item: ObjectInfo, out: str) -> bool:
     """A run folder inside the source folder: its own PNG masks are not images to label."""
-    if "://" in item.uri or "://" in out:
+    if is_uri(item.uri) or is_uri(out):
         return item.uri.startswith(out.rstrip("/") + "/")
     return Path(out).resolve() in Path(item.uri).resolve().parents

@@ -21,10 +21,10 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from deeplab.metrics import confusion_matrix, iou_per_class
+from deeplab.metrics import IGNORE_INDEX, confusion_matrix, iou_per_class
 from pipeline.errors import PrelabelError
 from pipeline.geometry.class_maps import class_map_of
-from pipeline.quality.truth import IGNORE, Truth, TruthError, check_names
+from pipeline.quality.truth import Truth, TruthError, check_names
 from pipeline.run.view import RunView
 from pipeline.storage import NotFoundError
 
@@ -219,7 +219,7 @@ def boundary_counts(
     """(predicted boundary pixels within ``tolerance`` px of a truth boundary, predicted
     boundary pixels, truth boundary pixels within tolerance of a predicted one, truth boundary
     pixels), by Euclidean distance."""
-    valid = truth != IGNORE
+    valid = truth != IGNORE_INDEX
     edges_truth, edges_pred = boundaries(truth, valid), boundaries(predicted, valid)
     return np.array(
         [
@@ -247,7 +247,7 @@ def region_changes(
     """(regions the reviewer added, regions the reviewer removed): 8-connected parts of a class
     in one map that no pixel of that class in the other map overlaps. Parts wholly in unlabeled
     truth count for neither; the background class has no regions."""
-    valid = truth != IGNORE
+    valid = truth != IGNORE_INDEX
     added = removed = 0
     for class_id in np.union1d(np.unique(truth[valid]), np.unique(predicted[valid])).tolist():
         if class_id == background:
@@ -309,19 +309,19 @@ def to_markdown(evaluation: Evaluation, others: Sequence[Evaluation] = ()) -> st
         ("model", lambda c: _cell(c.model_ref)),
         ("model version", lambda c: _cell(c.model_version)),
         ("images scored", lambda c: str(c.images)),
-        ("mIoU", lambda c: _pct(c.miou)),
-        ("pixel accuracy", lambda c: _pct(c.pixel_accuracy)),
+        ("mIoU", lambda c: percent(c.miou)),
+        ("pixel accuracy", lambda c: percent(c.pixel_accuracy)),
         (
             "boundary F1",
-            lambda c: f"{_pct(c.boundary_f1)} ({c.boundary_tolerance} px)",
+            lambda c: f"{percent(c.boundary_f1)} ({c.boundary_tolerance} px)",
         ),
-        ("pixels changed in review", lambda c: _pct(c.changed_share)),
+        ("pixels changed in review", lambda c: percent(c.changed_share)),
         ("regions added in review", lambda c: str(c.regions_added)),
         ("regions removed in review", lambda c: str(c.regions_removed)),
     ]
     names = list(dict.fromkeys(n for c in columns for n in c.class_names))
     for name in names:
-        rows.append((f"IoU {_cell(name)}", lambda c, n=name: _pct(c.iou.get(n))))
+        rows.append((f"IoU {_cell(name)}", lambda c, n=name: percent(c.iou.get(n))))
     lines += [f"| {label} | " + " | ".join(cell(c) for c in columns) + " |" for label, cell in rows]
     other_truth = [o for o in others if o.truth_sha256 != e.truth_sha256]
     if other_truth:
@@ -345,7 +345,7 @@ def to_markdown(evaluation: Evaluation, others: Sequence[Evaluation] = ()) -> st
         "|---|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {_cell(s.key)} | {_pct(s.changed_share)} | {_pct(s.boundary_f1)} | "
+        f"| {_cell(s.key)} | {percent(s.changed_share)} | {percent(s.boundary_f1)} | "
         f"{s.regions_added} | {s.regions_removed} |"
         for s in ranked
     ]
@@ -376,7 +376,8 @@ def _cell(text: str) -> str:
     return html.escape(" ".join(text.split())).replace("|", "\\|").replace("`", "'")
 
 
-def _pct(value: float | None) -> str:
+def percent(value: float | None) -> str:
+    """A share as the tables print it: two decimals, "-" where there is none."""
     return "-" if value is None else f"{100 * value:.2f}%"
 
 

@@ -27,11 +27,10 @@ import numpy.typing as npt
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from deeplab.metrics import IGNORE_INDEX  # truth pixels nobody labeled
 from pipeline.errors import PrelabelError
 from pipeline.formats.masks import CLASSES_FOLDER, mask_name
 from pipeline.storage import Storage, StorageError, storage_for
-
-IGNORE = 255  # truth pixels nobody labeled
 
 ClassMap = npt.NDArray[np.uint8]
 
@@ -48,7 +47,7 @@ class Truth(Protocol):
     def has(self, key: str) -> bool: ...
     def read(
         self, key: str, class_names: Sequence[str], background: int
-    ) -> ClassMap: ...  # in class_names' ids, IGNORE kept
+    ) -> ClassMap: ...  # in class_names' ids, IGNORE_INDEX kept
     def unmatched(self, keys: Sequence[str]) -> list[str]: ...  # truth entries none of keys use
 
 
@@ -167,7 +166,7 @@ def _labelmap(data: bytes, source: str) -> tuple[tuple[str, ...], dict[tuple[int
             colour = (int(rgb[0]), int(rgb[1]), int(rgb[2]))
             colours.setdefault(colour, len(names))
         names.append(name)
-    if len(names) > IGNORE:
+    if len(names) > IGNORE_INDEX:
         raise TruthError(f"{source}: labelmap.txt names {len(names)} classes, more than 255")
     return tuple(names), colours
 
@@ -194,7 +193,7 @@ def _remap(
 ) -> ClassMap:
     """Truth indices -> class ids by name (or as they are, with no names); 255 stays 255."""
     lut = np.full(256, -1, np.int16)
-    lut[IGNORE] = IGNORE
+    lut[IGNORE_INDEX] = IGNORE_INDEX
     if names is None:
         lut[: len(class_names)] = np.arange(len(class_names))
     else:

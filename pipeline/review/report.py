@@ -53,7 +53,7 @@ from pipeline.review.sync import push_record
 from pipeline.review.thumbnails import review_pictures
 from pipeline.run.layout import RunManifest
 from pipeline.run.view import ExportError, RunView
-from pipeline.storage import Storage, storage_for
+from pipeline.storage import Storage, StorageError, scheme_of, storage_for
 from pipeline.storage.s3_settings import S3Settings
 
 REPORT = "report.html"
@@ -523,11 +523,11 @@ def _originals(images: Sequence[Mapping[str, Any]], manifest: RunManifest) -> di
     out: dict[str, Storage] = {}
     for image in images:
         uri = image["uri"]
-        scheme = uri.split("://", 1)[0] if "://" in uri else ""
+        scheme = scheme_of(uri)
         if scheme not in by_scheme:
             try:
                 by_scheme[scheme] = storage_for(uri, config)
-            except ValueError:  # a scheme no storage serves
+            except StorageError:  # a scheme no storage serves
                 by_scheme[scheme] = None
         storage = by_scheme[scheme]
         if storage is not None:

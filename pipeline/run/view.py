@@ -16,7 +16,7 @@ from pydantic_core import PydanticCustomError
 from pipeline.errors import PrelabelError
 from pipeline.run.layout import ModelInfo, RunLayout, RunManifest
 from pipeline.run.ledger import DamagedShardError, Ledger
-from pipeline.storage import NotFoundError, storage_for
+from pipeline.storage import NotFoundError, is_uri, storage_for
 
 
 class ExportError(PrelabelError):
@@ -41,7 +41,7 @@ class ExportOptions(BaseModel):
         """Absolute and normalised as Label Studio joins it, so that paths compare as there."""
         if value is None:
             return None
-        if "://" in value:
+        if is_uri(value):
             raise ValueError("give the local folder Label Studio serves files from, not a URL")
         return posixpath.normpath(Path(value).expanduser().absolute())
 

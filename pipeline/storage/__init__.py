@@ -9,7 +9,10 @@ from pipeline.storage.base import (
     Storage,
     StorageConfig,
     StorageError,
+    absolute,
+    is_uri,
     printable,
+    scheme_of,
 )
 from pipeline.storage.local import LocalStorage
 
@@ -20,7 +23,10 @@ __all__ = [
     "Storage",
     "StorageConfig",
     "StorageError",
+    "absolute",
+    "is_uri",
     "printable",
+    "scheme_of",
     "storage_for",
 ]
 
@@ -28,9 +34,9 @@ __all__ = [
 def storage_for(uri: str, config: StorageConfig | None = None) -> Storage:
     """The storage that serves ``uri``'s scheme; without a config, S3 takes its defaults and
     whatever boto3 finds in the environment."""
-    if "://" not in uri:
+    if not is_uri(uri):
         return LocalStorage()
-    scheme = uri.split("://", 1)[0]
+    scheme = scheme_of(uri)
     if scheme == "s3":
         from pipeline.storage.s3 import S3Storage  # boto3 loads only when a run touches S3
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from pipeline.errors import PrelabelError
@@ -56,6 +57,22 @@ def printable(text: str) -> str:
     surrogates) written as ``\\xNN``: what a table, a log line or a terminal can hold. Names
     that are valid UTF-8 come back unchanged."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def is_uri(location: str) -> bool:
+    """An object store's URI (``s3://bucket/key``), as opposed to a local path."""
+    return "://" in location
+
+
+def scheme_of(location: str) -> str:
+    """``s3`` for ``s3://...``; empty for a local path."""
+    return location.split("://", 1)[0] if is_uri(location) else ""
+
+
+def absolute(location: str) -> str:
+    """A local path made absolute, so a worker in another directory reads the same files;
+    a URI as it is."""
+    return location if is_uri(location) else str(Path(location).expanduser().absolute())
 
 
 class StorageConfig(Protocol):

@@ -6,12 +6,13 @@ Apart from the training code (``pipeline.training.finetune``) so the command lin
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipeline.config import MAX_PIXELS
 from pipeline.errors import PrelabelError
+from pipeline.storage import absolute
 
 # Steps when the config names none. A CPU step of the demo model at the default batch and crop
 # takes ~1.2 s on 2 AVX-512 cores (a few times that on a busy or older CPU): 100 steps finish in
@@ -41,15 +42,12 @@ class FinetuneConfig(BaseModel):
     lr: float = Field(1e-3, gt=0)
     device: str = "auto"
     seed: int = 0
-    max_pixels: int = Field(89_478_485, ge=1)
+    max_pixels: int = Field(MAX_PIXELS, ge=1)
 
     @field_validator("images", "masks", "coco", "init", "out")
     @classmethod
     def _absolute(cls, value: str | None) -> str | None:
-        """Local paths made absolute, so a flow run by a worker elsewhere reads the same files."""
-        if value is None or value == "demo" or "://" in value:
-            return value
-        return str(Path(value).expanduser().absolute())
+        return value if value is None or value == "demo" else absolute(value)
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:

@@ -28,15 +28,23 @@ import torch
 from pydantic import JsonValue
 
 import deeplab
+from deeplab.classes import with_classes
 from deeplab.meta import ModelMeta
-from deeplab.metrics import confusion_matrix, mean_iou
+from deeplab.metrics import IGNORE_INDEX, confusion_matrix, mean_iou
 from deeplab.model import DeepLab
 from deeplab.predictor import resolve_device
 from deeplab.train import Batch, StepLog, TrainConfig, train
 from pipeline.labeling.decode import DecodeError, decode_image, is_image_name
 from pipeline.labeling.model_ids import resolve_checkpoint
-from pipeline.quality.truth import IGNORE, CocoTruth, Truth, TruthError, check_names, open_truth
-from pipeline.storage import StorageError, storage_for
+from pipeline.quality.evaluate import percent
+from pipeline.quality.truth import (
+    CocoTruth,
+    Truth,
+    TruthError,
+    check_names,
+    open_truth,
+)
+from pipeline.storage import StorageError, is_uri, storage_for
 from pipeline.training.config import CPU_STEPS, GPU_STEPS, FinetuneConfig, FinetuneError
 
 _PAD = (124, 116, 104)  # ImageNet's mean colour: zero after normalization; its labels are ignored
@@ -95,8 +103,8 @@ class FinetuneResult:
             f"{self.val_images} validation images, {self.meta.provenance.get('steps')} steps in "
             f"{self.seconds:.0f} s",
             "",
-            f"validation mIoU: {_pct(self.val_miou_before)} before, "
-            f"{_pct(self.val_miou_after)} after",
+            f"validation mIoU: {percent(self.val_miou_before)} before, "
+            f"{percent(self.val_miou_after)} after",
             "",
             f"classes: {self.classes}",
         ]
@@ -108,7 +116,7 @@ class FinetuneResult:
 
 def finetune(config: FinetuneConfig, listener: Listener | None = None) -> FinetuneResult:
     """Load, check, split, score, train, score again and write the checkpoint."""
-    if "://" in config.out:
+    if is_uri(config.out):
         raise FinetuneError(f"{config.out}: checkpoints are written to a local path")
     out = Path(config.out)
     try:
@@ -242,48 +250,6 @@ def class_names_for(init: ModelMeta, truth: Truth) -> tuple[str, ...]:
     return truth.names
 
 
-def with_classes(
-    model: DeepLab, meta: ModelMeta, names: tuple[str, ...]
-) -> tuple[DeepLab, ModelMeta, str]:
-    """The model for ``names``: itself when they are its classes, else a copy whose classifier
-    rows are carried over by class name and start fresh for new classes."""
-    if names == meta.class_names:
-        return model, meta, f"kept the starting model's {len(names)} classes"
-    new_meta = ModelMeta(
-        arch=meta.arch, options=meta.options, class_names=names, mean=meta.mean, std=meta.std
-    )
-    fresh = new_meta.build()
-    rows = [(i, meta.class_names.index(n)) for i, n in enumerate(names) if n in meta.class_names]
-    classifier = _classifier_keys(fresh)
-    old = model.state_dict()
-    with torch.no_grad():
-        for key, value in fresh.state_dict().items():
-            if key in classifier:
-                for new_row, old_row in rows:
-                    value[new_row] = old[key][old_row]
-            else:
-                value.copy_(old[key])
-    kept = [names[i] for i, _ in rows]
-    return (
-        fresh,
-        new_meta,
-        f"classifier re-initialised for {len(names)} classes ({', '.join(names)}); "
-        f"rows of {', '.join(kept) or 'none'} carried over by name",
-    )
-
-
-def _classifier_keys(model: DeepLab) -> set[str]:
-    layers: list[torch.nn.Module] = [model.head.classifier]
-    if model.aux_head is not None:
-        layers.append(model.aux_head[-1])
-    return {
-        f"{name}.{param}"
-        for name, module in model.named_modules()
-        if any(module is layer for layer in layers)
-        for param, _ in module.named_parameters(recurse=False)
-    }
-
-
 def load_dataset(
     images: str, truth: Truth, names: Sequence[str], background: int, *, max_pixels: int
 ) -> Dataset:
@@ -356,7 +322,7 @@ def class_keep(samples: Sequence[Sample], num_classes: int) -> npt.NDArray[np.fl
     maximum of 1 and floored at ``_MIN_KEEP``; 1 for unlabeled pixels and absent classes."""
     counts = np.zeros(num_classes, np.int64)
     for s in samples:
-        labeled = s.mask[s.mask != IGNORE]
+        labeled = s.mask[s.mask != IGNORE_INDEX]
         counts += np.bincount(labeled, minlength=num_classes)[:num_classes]
     keep = np.ones(256, np.float64)
     present = counts > 0
@@ -381,7 +347,7 @@ def crops(
     while True:
         images = np.empty((batch_size, crop, crop, 3), np.uint8)
         images[:] = _PAD
-        masks = np.full((batch_size, crop, crop), IGNORE, np.uint8)
+        masks = np.full((batch_size, crop, crop), IGNORE_INDEX, np.uint8)
         for i in range(batch_size):
             s = samples[int(rng.integers(len(samples)))]
             factor = math.exp(rng.uniform(low, high))
@@ -398,7 +364,7 @@ def crops(
             if rng.random() < 0.5:
                 image, mask = image[:, ::-1], mask[:, ::-1]
             if keep is not None:
-                mask = np.where(rng.random(mask.shape) < keep[mask], mask, IGNORE)
+                mask = np.where(rng.random(mask.shape) < keep[mask], mask, IGNORE_INDEX)
             oy, ox = int(rng.integers(0, crop - out_h + 1)), int(rng.integers(0, crop - out_w + 1))
             images[i, oy : oy + out_h, ox : ox + out_w] = image
             masks[i, oy : oy + out_h, ox : ox + out_w] = mask
@@ -418,7 +384,3 @@ def val_miou(
         predicted = predictor.predict([s.image])[0].class_map
         total += confusion_matrix(s.mask, predicted, meta.num_classes)
     return mean_iou(total) if total.sum() else None
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"

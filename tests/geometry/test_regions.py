@@ -14,9 +14,16 @@ from pycocotools import mask as mask_utils
 from pydantic import ValidationError
 
 from pipeline.geometry.policy import RegionPolicy
-from pipeline.geometry.regions import regions_from_class_map
+from pipeline.geometry.regions import image_regions
 from pipeline.run.records import Region
 from tests.helpers import iou, rasterize
+
+
+def regions_from_class_map(
+    class_map: np.ndarray, confidence: np.ndarray, **kwargs: Any
+) -> list[Region]:
+    return image_regions(class_map, confidence, **kwargs).regions
+
 
 POLICY = RegionPolicy()
 

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from pipeline.quality.truth import IGNORE, TruthError, check_names, open_truth
+from deeplab.metrics import IGNORE_INDEX
+from pipeline.quality.truth import TruthError, check_names, open_truth
 
 MODEL = ("background", "disc", "box", "ring")
 
@@ -28,13 +29,13 @@ def test_mask_indices_are_mapped_to_the_model_by_labelmap_name(tmp_path: Path) -
     (tmp_path / "labelmap.txt").write_text(
         "# label:color_rgb:parts:actions\nbackground:0,0,0::\nring:1,1,1::\ndisc:2,2,2::\n"
     )
-    values = np.array([[0, 1, 2], [IGNORE, 2, 1]])
+    values = np.array([[0, 1, 2], [IGNORE_INDEX, 2, 1]])
     _palette_mask(tmp_path / "SegmentationClass" / "sub" / "a.png", values)
     truth = open_truth(str(tmp_path))
     assert truth.names == ("background", "ring", "disc")
     assert truth.has("sub/a.jpg") and not truth.has("a.jpg")
     read = truth.read("sub/a.jpg", MODEL, 0)
-    assert read.tolist() == [[0, 3, 1], [IGNORE, 1, 3]]
+    assert read.tolist() == [[0, 3, 1], [IGNORE_INDEX, 1, 3]]
     assert truth.unmatched(["sub/a.jpg"]) == []
     assert truth.unmatched(["other.jpg"]) == ["SegmentationClass/sub/a.png"]
 

@@ -25,6 +25,7 @@ import deeplab
 import deeplab.scenes
 import pipeline.training.finetune
 from deeplab.bundled import DEMO_CHECKPOINT
+from deeplab.classes import with_classes
 from deeplab.predictor import Predictor
 from deeplab.scenes import DEMO_CLASSES, Scene
 from deeplab.train import StepLog
@@ -44,7 +45,6 @@ from pipeline.training.finetune import (
     default_steps,
     finetune,
     split,
-    with_classes,
 )
 
 N = len(DEMO_CLASSES)
