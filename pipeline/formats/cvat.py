@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.geometry.class_maps import class_colours, region_crop
+from pipeline.geometry.class_maps import class_colours
+from pipeline.geometry.rle import region_crop
 from pipeline.run.view import ExportOptions, RunView
 
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")

@@ -32,13 +32,14 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from pipeline.geometry.class_maps import class_colours, region_crop
-from pipeline.geometry.rle import run_lengths_from_crop
+from pipeline.geometry.class_maps import class_colours
+from pipeline.geometry.rle import region_crop, run_lengths_from_crop
 from pipeline.run.view import ExportError, ExportOptions, RunView
 
 __all__ = [
     "brush_rle",
     "check_image_urls",
+    "decode_brush_rle",
     "export_label_studio",
     "label_config",
     "label_studio_tasks",
@@ -150,6 +151,44 @@ def brush_rle(
     keep = np.arange(32) >= 32 - widths[:, None]
     packed: list[int] = np.packbits(matrix[keep]).tolist()
     return packed
+
+
+def decode_brush_rle(rle: Sequence[int]) -> npt.NDArray[np.uint8]:
+    """The byte values that Label Studio's brush RLE holds (an image's RGBA, row-major).
+
+    The inverse of ``brush_rle``, plus the literal tokens Label Studio's editor also writes:
+    a repeat flag 0, the run-length field, then that many words.
+    """
+    bits = np.unpackbits(np.asarray(rle, np.uint8)).astype(np.int64)
+    position = 0
+
+    def read(size: int, count: int = 1) -> npt.NDArray[np.int64]:
+        nonlocal position
+        end = position + size * count
+        if end > len(bits):
+            raise ValueError("brush RLE ends before its last value")
+        fields = bits[position:end].reshape(count, size)
+        position = end
+        return fields @ (1 << np.arange(size - 1, -1, -1, dtype=np.int64))
+
+    count = int(read(32)[0])
+    word = int(read(5)[0]) + 1
+    if word != 8:
+        raise ValueError(f"brush RLE of {word}-bit words is not an RGBA mask")
+    run_bits = read(4, 4) + 1
+    out = np.zeros(count, np.uint8)
+    at = 0
+    while at < count:
+        repeat = int(read(1)[0])
+        length = int(read(int(run_bits[read(2)[0]]))[0]) + 1
+        if at + length > count:
+            raise ValueError("brush RLE holds more values than its header says")
+        out[at : at + length] = read(word)[0] if repeat else read(word, length)
+        at += length
+    return out
+
+
+# --- push ------------------------------------------------------------------------------------
 
 
 def _results(

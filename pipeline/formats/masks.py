@@ -25,7 +25,7 @@ import csv
 import io
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ from PIL import Image
 
 from pipeline.geometry.class_maps import class_colours, class_map_of
 from pipeline.run.view import ExportError, ExportOptions, RunView
+from pipeline.storage import Storage
 
 MASKS = "masks"
 CLASSES_FOLDER = "SegmentationClass"
@@ -50,29 +51,48 @@ _LABELMAP_UNSAFE = re.compile(r"[:\r\n]|^#|^\s|\s$")  # separators, comments, st
 
 
 def export_masks(view: RunView, options: ExportOptions) -> tuple[str, ...]:
-    names = view.class_names
-    if len(names) > 256:
-        raise ExportError(
-            f"{view.layout.root}: {len(names)} classes do not fit the 256 indices of a palette PNG"
-        )
-    colours = class_colours(len(names), view.background)
     images = view.ok_images()
-    mask_of = mask_names(images)
-    texts = {  # made first, so a class name labelmap.txt cannot hold fails before any PNG
-        ("labelmap.txt",): labelmap(names, colours),
-        IMAGE_SET: "".join(f"{mask_of[image['image_id']]}\n" for image in images),
-        ("index.csv",): index_csv(images, mask_of),
-    }
     regions: dict[str, list[dict[str, Any]]] = {row["image_id"]: [] for row in images}
     for row in view.regions.select(["image_id", "class_id", "rle"]).to_pylist():
         regions[row["image_id"]].append(row)
-    palette = bytes(value for colour in colours for value in colour)
-    storage, root = view.layout.storage, view.layout.export(MASKS)
-    written = []
-    for image in images:
-        class_map = class_map_of(
+
+    def painted(image: dict[str, Any]) -> npt.NDArray[np.uint8]:
+        return class_map_of(
             regions[image["image_id"]], image["height"], image["width"], view.background
         )
+
+    storage, root = view.layout.storage, view.layout.export(MASKS)
+    return write_mask_folder(
+        storage, root, view.class_names, view.background, images, mask_names(images), painted
+    )
+
+
+def write_mask_folder(
+    storage: Storage,
+    root: str,
+    class_names: Sequence[str],
+    background: int | None,
+    images: Sequence[dict[str, Any]],
+    mask_of: dict[str, str],
+    paint: Callable[[dict[str, Any]], npt.NDArray[np.uint8]],
+) -> tuple[str, ...]:
+    """The masks layout under ``root`` for ``images`` (rows with ``image_id`` and ``key``),
+    each mask named by ``mask_of`` and painted by ``paint``: what the masks export and a pull
+    of reviewed labels both write. What could be refused is checked before any PNG."""
+    if len(class_names) > 256:
+        raise ExportError(
+            f"{root}: {len(class_names)} classes do not fit the 256 indices of a palette PNG"
+        )
+    colours = class_colours(len(class_names), background)
+    texts = {
+        ("labelmap.txt",): labelmap(class_names, colours),
+        IMAGE_SET: "".join(f"{mask_of[image['image_id']]}\n" for image in images),
+        ("index.csv",): index_csv(images, mask_of),
+    }
+    palette = bytes(value for colour in colours for value in colour)
+    written = []
+    for image in images:
+        class_map = paint(image)
         *folders, stem = mask_of[image["image_id"]].split("/")
         uri = storage.join(root, CLASSES_FOLDER, *folders, f"{stem}.png")
         storage.write_atomic(uri, png_of(class_map, palette))

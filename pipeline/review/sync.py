@@ -27,16 +27,8 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.errors import PrelabelError
-from pipeline.formats.label_studio import label_config, label_studio_tasks
-from pipeline.formats.masks import (
-    CLASSES_FOLDER,
-    IMAGE_SET,
-    index_csv,
-    labelmap,
-    mask_names,
-    png_of,
-)
-from pipeline.geometry.class_maps import class_colours
+from pipeline.formats.label_studio import decode_brush_rle, label_config, label_studio_tasks
+from pipeline.formats.masks import mask_names, write_mask_folder
 from pipeline.geometry.polygons import rasterize_polygons
 from pipeline.review.label_studio_api import LabelStudio
 from pipeline.run.view import ExportOptions, RunView
@@ -47,7 +39,6 @@ __all__ = [
     "PushRecord",
     "PushSummary",
     "ReviewSyncError",
-    "decode_brush_rle",
     "pull",
     "push",
     "push_record",
@@ -182,10 +173,7 @@ def pull(client: LabelStudio, title: str, out: str) -> PullSummary:
         ),
         key=lambda image: image["key"],
     )
-    mask_of = mask_names(images)  # over every pushed image, as the export names them
-    colours = class_colours(len(names), background)
-    texts: dict[tuple[str, ...], str] = {("labelmap.txt",): labelmap(names, colours)}
-    reviewed = []
+    reviewed: dict[str, tuple[dict[str, Any], Any, str]] = {}  # image id -> size, shapes, where
     for image in images:
         task = ours[image["image_id"]]
         annotation = _latest_annotation(task)
@@ -193,63 +181,24 @@ def pull(client: LabelStudio, title: str, out: str) -> PullSummary:
             where = f"task {task['id']} ({image['key']})"
             size = task["meta"][META]
             shapes = _shapes(annotation["result"], names, size["width"], size["height"], where)
-            reviewed.append((image, size, shapes, where))
-    texts[IMAGE_SET] = "".join(f"{mask_of[image['image_id']]}\n" for image, *_ in reviewed)
-    texts[("index.csv",)] = index_csv([image for image, *_ in reviewed], mask_of)
-    storage = storage_for(out)
-    palette = bytes(value for colour in colours for value in colour)
-    written = []
-    for image, size, shapes, where in reviewed:
-        class_map = _paint(shapes, size["height"], size["width"], background, where)
-        *folders, stem = mask_of[image["image_id"]].split("/")
-        uri = storage.join(out, CLASSES_FOLDER, *folders, f"{stem}.png")
-        storage.write_atomic(uri, png_of(class_map, palette))
-        written.append(uri)
-    for parts, text in texts.items():
-        uri = storage.join(out, *parts)
-        storage.write_atomic(uri, text.encode())
-        written.append(uri)
-    return PullSummary(
-        project_id, tuple(written), len(reviewed), len(ours) - len(reviewed), len(tasks) - len(ours)
+            reviewed[image["image_id"]] = (size, shapes, where)
+
+    def painted(image: dict[str, Any]) -> npt.NDArray[np.uint8]:
+        size, shapes, where = reviewed[image["image_id"]]
+        return _paint(shapes, size["height"], size["width"], background, where)
+
+    written = write_mask_folder(
+        storage_for(out),
+        out,
+        names,
+        background,
+        [image for image in images if image["image_id"] in reviewed],
+        mask_names(images),  # over every pushed image, as the export names them
+        painted,
     )
-
-
-def decode_brush_rle(rle: Sequence[int]) -> npt.NDArray[np.uint8]:
-    """The byte values that Label Studio's brush RLE holds (an image's RGBA, row-major).
-
-    The inverse of ``brush_rle``, plus the literal tokens Label Studio's editor also writes:
-    a repeat flag 0, the run-length field, then that many words.
-    """
-    bits = np.unpackbits(np.asarray(rle, np.uint8)).astype(np.int64)
-    position = 0
-
-    def read(size: int, count: int = 1) -> npt.NDArray[np.int64]:
-        nonlocal position
-        end = position + size * count
-        if end > len(bits):
-            raise ValueError("brush RLE ends before its last value")
-        fields = bits[position:end].reshape(count, size)
-        position = end
-        return fields @ (1 << np.arange(size - 1, -1, -1, dtype=np.int64))
-
-    count = int(read(32)[0])
-    word = int(read(5)[0]) + 1
-    if word != 8:
-        raise ValueError(f"brush RLE of {word}-bit words is not an RGBA mask")
-    run_bits = read(4, 4) + 1
-    out = np.zeros(count, np.uint8)
-    at = 0
-    while at < count:
-        repeat = int(read(1)[0])
-        length = int(read(int(run_bits[read(2)[0]]))[0]) + 1
-        if at + length > count:
-            raise ValueError("brush RLE holds more values than its header says")
-        out[at : at + length] = read(word)[0] if repeat else read(word, length)
-        at += length
-    return out
-
-
-# --- push ------------------------------------------------------------------------------------
+    return PullSummary(
+        project_id, written, len(reviewed), len(ours) - len(reviewed), len(tasks) - len(ours)
+    )
 
 
 def _bring_up_to_date(

@@ -19,8 +19,9 @@ from pycocotools import mask as mask_utils
 
 from pipeline.formats import ExportError, ExportOptions, RunView
 from pipeline.formats.masks import export_masks, mask_name
-from pipeline.geometry.class_maps import region_crop, runs_of_counts, voc_colour
+from pipeline.geometry.class_maps import voc_colour
 from pipeline.geometry.policy import RegionPolicy
+from pipeline.geometry.rle import region_crop, runs_of_counts
 from tests.runs import CLASS_NAMES, write_run
 
 KEEP_ALL = RegionPolicy(min_area=1, background=0)

@@ -28,13 +28,19 @@ from PIL import Image
 
 from deeplab.scenes import scenes
 from pipeline.formats import ExportOptions, RunView
-from pipeline.formats.label_studio import brush_rle, label_config, label_studio_tasks
+from pipeline.formats.label_studio import (
+    brush_rle,
+    decode_brush_rle,
+    label_config,
+    label_studio_tasks,
+)
 from pipeline.formats.masks import export_masks
-from pipeline.geometry.class_maps import class_map_of, region_crop
+from pipeline.geometry.class_maps import class_map_of
 from pipeline.geometry.policy import RegionPolicy
 from pipeline.geometry.polygons import rasterize_polygons
+from pipeline.geometry.rle import region_crop
 from pipeline.review.label_studio_api import LabelStudio, LabelStudioError, token_from_env
-from pipeline.review.sync import decode_brush_rle, pull, push, push_record
+from pipeline.review.sync import pull, push, push_record
 from tests.runs import write_run
 
 if TYPE_CHECKING:
