@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from pipeline.geometry.policy import RegionPolicy
+from pipeline.limits import MAX_PIXELS
 from pipeline.run.view import ExportOptions
 from pipeline.storage import absolute
 from pipeline.storage.s3_settings import S3Settings
@@ -26,10 +27,6 @@ ENV_PREFIX, ENV_NESTED = "PRELABEL_", "__"
 # The devices deeplab.predictor.resolve_device is meant for (the --device help, README); "auto"
 # picks one.
 _DEVICE = re.compile(r"auto|cpu|cuda(:(0|[1-9][0-9]*))?")
-
-
-# Pillow's decompression-bomb threshold, which also caps what it will decode.
-MAX_PIXELS = 89_478_485
 
 
 def default_cache_dir() -> Path:

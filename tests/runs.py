@@ -13,7 +13,8 @@ from pipeline.formats import RunView, open_run
 from pipeline.geometry.policy import RegionPolicy
 from pipeline.geometry.regions import image_regions
 from pipeline.labeling.shard_plan import image_id_for
-from pipeline.run.layout import ModelInfo, RunLayout, RunManifest
+from pipeline.run.layout import RunLayout
+from pipeline.run.manifest import ModelInfo, RunManifest
 from pipeline.run.records import ImageRecord, RegionColumns
 from pipeline.run.tables import images_table, regions_table, write_table
 from pipeline.storage import LocalStorage

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from pipeline.geometry.policy import RegionPolicy
 from pipeline.geometry.polygons import Crossings, EdgeRings, edge_rings, polygon_ious, simplified
 from pipeline.geometry.rle import compressed
-from pipeline.run.records import Region, RegionColumns, offsets
+from pipeline.run.records import Geometry, Region, RegionColumns, offsets
 
 __all__ = ["ImageRegions", "image_regions"]
 
@@ -82,7 +82,7 @@ def image_regions(
     )
     for k, value in zip(loose.tolist(), measured, strict=True):
         fidelity[k] = value
-    geometry = ["polygon" if f >= policy.min_fidelity else "rle" for f in fidelity]
+    geometry: list[Geometry] = ["polygon" if f >= policy.min_fidelity else "rle" for f in fidelity]
     vertex_counts = vertices.tolist()
     columns = RegionColumns(
         image_id=[image_id] * layout.count,
@@ -314,7 +314,9 @@ class _Masks:
         return pixels, sums[0], sums[1]
 
 
-def _within_vertex_budget(geometry: list[str], vertices: list[int], budget: int) -> list[str]:
+def _within_vertex_budget(
+    geometry: list[Geometry], vertices: list[int], budget: int
+) -> list[Geometry]:
     """Move the regions with the most vertices to RLE until the image's polygons fit."""
     total = sum(v for v, g in zip(vertices, geometry, strict=True) if g == "polygon")
     heaviest = sorted(

@@ -19,10 +19,11 @@ from pipeline.labeling.decode import IMAGE_EXTENSIONS, is_image_name
 from pipeline.labeling.model_ids import model_info
 from pipeline.labeling.shard_plan import Shard, ShardStats, plan_shards, shard_stats
 from pipeline.retry import retrying
-from pipeline.run.layout import ModelInfo, RunLayout, RunManifest, code_version
+from pipeline.run.layout import RunLayout
 from pipeline.run.lease import Lease, held_here, holding
 from pipeline.run.lease import verify as verify_lease
 from pipeline.run.ledger import DamagedShardError, Ledger, LedgerConflictError, quarantine
+from pipeline.run.manifest import ModelInfo, RunManifest, code_version
 from pipeline.storage import LocalStorage, NotFoundError, ObjectInfo, is_uri, storage_for
 
 _EXTENSIONS = ", ".join(sorted(IMAGE_EXTENSIONS))

@@ -19,7 +19,7 @@ from deeplab.bundled import DEMO_CHECKPOINT
 from deeplab.errors import CheckpointError
 from deeplab.files import write_atomic
 from pipeline.config import RunConfig, default_cache_dir
-from pipeline.run.layout import ModelInfo
+from pipeline.run.manifest import ModelInfo
 
 DEMO = "demo"
 _KNOWN = "models.json"

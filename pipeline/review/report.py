@@ -45,16 +45,13 @@ from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import ValidationError
 
-from pipeline.config import RunConfig
 from pipeline.geometry.class_maps import class_colours
 from pipeline.review.sync import push_record
 from pipeline.review.thumbnails import review_pictures
-from pipeline.run.layout import RunManifest
+from pipeline.run.manifest import RunManifest
 from pipeline.run.view import ExportError, RunView
 from pipeline.storage import Storage, StorageError, scheme_of, storage_for
-from pipeline.storage.s3_settings import S3Settings
 
 REPORT = "report.html"
 DEFAULT_LIMIT = 500
@@ -126,14 +123,6 @@ class _Entry:
     task: str | None = None  # its Label Studio task's address, when the run was pushed
 
 
-@dataclass(frozen=True, slots=True)
-class _Storage:
-    """What ``storage_for`` takes from a run config: the run's S3 settings (its endpoint)."""
-
-    s3: S3Settings
-    workers: int
-
-
 def write_report(
     view: RunView,
     *,
@@ -172,7 +161,7 @@ def write_report(
     regions = _regions_of(view.regions, [row["image_id"] for row in shown])
     colours = class_colours(len(view.class_names), view.background)
     originals = _originals(shown, manifest) if source_images else {}
-    max_pixels = _max_pixels(manifest)
+    max_pixels = manifest.config.max_pixels  # no original the run labeled is over it
     pushed = push_record(view)
     back = f"../{quote(page_name)}"
 
@@ -453,7 +442,7 @@ def _facts(view: RunView, manifest: RunManifest) -> str:
     model = manifest.model
     facts = (
         ("run folder", view.layout.root),
-        ("source", manifest.config.get("source", "-")),
+        ("source", manifest.config.source),
         ("model", f"{model.ref} ({model.arch}, {model.source})"),
         ("model version", model.model_version),
         ("classes", len(model.class_names)),
@@ -514,11 +503,6 @@ def _regions_of(regions: pa.Table, image_ids: Sequence[str]) -> dict[str, list[d
 def _originals(images: Sequence[Mapping[str, Any]], manifest: RunManifest) -> dict[str, Storage]:
     """The storage that reads each image's URI, one per scheme, with the run's S3 settings;
     URIs of a scheme no storage serves are left out."""
-    try:
-        s3 = S3Settings.model_validate(manifest.config.get("s3") or {})
-    except ValidationError:
-        s3 = S3Settings()
-    config = _Storage(s3=s3, workers=THREADS)
     by_scheme: dict[str, Storage | None] = {}
     out: dict[str, Storage] = {}
     for image in images:
@@ -526,17 +510,10 @@ def _originals(images: Sequence[Mapping[str, Any]], manifest: RunManifest) -> di
         scheme = scheme_of(uri)
         if scheme not in by_scheme:
             try:
-                by_scheme[scheme] = storage_for(uri, config)
+                by_scheme[scheme] = storage_for(uri, manifest.config)
             except StorageError:  # a scheme no storage serves
                 by_scheme[scheme] = None
         storage = by_scheme[scheme]
         if storage is not None:
             out[uri] = storage
     return out
-
-
-def _max_pixels(manifest: RunManifest) -> int:
-    """The run's pixel limit: no original it labeled is over it."""
-    value = manifest.config.get("max_pixels")
-    default = RunConfig.model_fields["max_pixels"].default
-    return value if isinstance(value, int) and value > 0 else int(default)

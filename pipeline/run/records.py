@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -13,6 +14,11 @@ Ring = tuple[float, ...]
 
 Polygon = tuple[Ring, ...]
 """Exterior ring first, then its holes."""
+
+
+Geometry = Literal["polygon", "rle"]
+Status = Literal["ok", "failed"]
+Inference = Literal["whole", "downscaled", "tiled"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +35,7 @@ class Region:
     rle: str  # COCO compressed RLE counts at the image's (height, width)
     fidelity: float  # IoU of the polygons, re-rasterized, against the mask
     vertices: int  # points over all rings
-    geometry: str  # "polygon" or "rle": what exporters write, decided by the fidelity gate
+    geometry: Geometry  # what exporters write, decided by the fidelity gate
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +54,7 @@ class RegionColumns:
     rle: list[str]
     fidelity: list[float]
     vertices: list[int]
-    geometry: list[str]
+    geometry: list[Geometry]
     coordinates: npt.NDArray[np.float32]
     rings: npt.NDArray[np.int32]
     parts: npt.NDArray[np.int32]
@@ -122,7 +128,7 @@ class ImageRecord:
     key: str  # path relative to the source, as people name the file
     uri: str
     shard: str
-    status: str  # "ok" or "failed"
+    status: Status
     error: str | None  # why it failed, naming the file
     retryable: bool  # failed for a reason outside the file (a read error): retried on rerun
     size_bytes: int
@@ -136,7 +142,7 @@ class ImageRecord:
     model_height: int | None
     mode: str | None  # PIL mode before conversion to RGB
     frames: int | None  # > 1: an animation or multi-page file, first frame labeled
-    inference: str | None  # "whole", "downscaled" (to max_side) or "tiled"
+    inference: Inference | None  # downscaled: to max_side
     engine: str | None  # what ran the forward: "torch" or "openvino"
     precision: str | None  # at which precision it ran: "float32", "bfloat16", "float16"
     region_count: int

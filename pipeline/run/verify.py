@@ -17,9 +17,10 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from pipeline.errors import PrelabelError
-from pipeline.run.layout import RunLayout, RunManifest
+from pipeline.run.layout import RunLayout
 from pipeline.run.lease import LeaseInfo
 from pipeline.run.ledger import Ledger
+from pipeline.run.manifest import RunManifest
 from pipeline.run.tables import REGIONS_SCHEMA
 from pipeline.storage import NotFoundError
 

@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from pydantic_core import PydanticCustomError
 
 from pipeline.errors import PrelabelError
-from pipeline.run.layout import ModelInfo, RunLayout, RunManifest
+from pipeline.run.layout import RunLayout
 from pipeline.run.ledger import DamagedShardError, Ledger
+from pipeline.run.manifest import ModelInfo, RunManifest
 from pipeline.storage import NotFoundError, is_uri, storage_for
 
 
@@ -88,19 +89,14 @@ def view_of(layout: RunLayout, model: ModelInfo, background: int | None) -> RunV
 def open_run(out: str) -> RunView:
     """A finished run folder, as ``annotate`` left it."""
     layout, manifest = _finished(out)
-    regions = manifest.config.get("regions")
-    background = regions.get("background", 0) if isinstance(regions, dict) else 0
-    return view_of(layout, manifest.model, background if isinstance(background, int) else None)
+    return view_of(layout, manifest.model, manifest.config.regions.background)
 
 
 def recorded_formats(out: str) -> tuple[str, ...]:
     """The formats a finished run was made to write (its config's ``exports``), so that a plain
     ``prelabel export RUN`` writes them again; coco where it recorded none."""
     _, manifest = _finished(out)
-    formats = manifest.config.get("exports")
-    if isinstance(formats, list) and formats and all(isinstance(f, str) for f in formats):
-        return tuple(str(f) for f in formats)
-    return ("coco",)
+    return manifest.config.exports or ("coco",)
 
 
 def _finished(out: str) -> tuple[RunLayout, RunManifest]:

@@ -10,8 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipeline.config import MAX_PIXELS
 from pipeline.errors import PrelabelError
+from pipeline.limits import MAX_PIXELS
 from pipeline.storage import absolute
 
 # Steps when the config names none. A CPU step of the demo model at the default batch and crop

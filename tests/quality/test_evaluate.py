@@ -31,7 +31,7 @@ from pipeline.quality.evaluate import (
     region_changes,
 )
 from pipeline.quality.truth import TruthError, open_truth
-from pipeline.run.layout import RunManifest
+from pipeline.run.manifest import RunManifest
 from pipeline.run.view import RunView
 from tests.runs import CLASS_NAMES, write_run
 
