@@ -49,6 +49,9 @@ class RunPlan:
     skipped: int  # listed files that are not images by extension
     model: ModelInfo
     started_at: datetime
+    # The run folder, resolved once by the plan for every step after it in this process
+    # (shards resolve their own: they may run on another machine).
+    layout: RunLayout
     # What runs the forward here, and at which precision ("openvino bfloat16"); None when
     # this pass has nothing to label, so no model is loaded.
     engine: str | None
@@ -190,6 +193,7 @@ def plan_run(config: RunConfig, lease: str, *, hand_over: bool = False) -> RunPl
         skipped,
         model,
         started,
+        layout,
         engine=_engine(config) if shards else None,
         repaired=tuple(f"{d.uri}: {d.reason}" for d in damage),
     )
@@ -202,8 +206,7 @@ def finish_run(plan: RunPlan) -> RunSummary:
     Everything comes from the run folder, not from the shards' return values, so shards run
     by remote workers finish the same way. A records file found damaged here raises
     ``DamagedShardError`` after it is moved aside: the caller plans again."""
-    config = plan.config
-    layout = _layout(config)
+    config, layout = plan.config, plan.layout
     verify_lease(layout.storage, layout.lease, plan.lease)
     try:
         view = view_of(layout, plan.model, config.regions.background)

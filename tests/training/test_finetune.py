@@ -386,8 +386,8 @@ def test_without_steps_a_cpu_trains_its_default_and_tells_the_plan_after_timing_
 def test_cli_on_a_terminal_tells_the_plan_and_the_bar_reaches_the_last_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flows.cli import train as cli_train
     from flows.cli import app
+    from flows.cli import train as cli_train
 
     monkeypatch.setattr(pipeline.training.finetune, "CPU_STEPS", 3)
     screen = io.StringIO()
