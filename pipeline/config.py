@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from pipeline.geometry.policy import RegionPolicy
+from pipeline.labeling.zoo import is_named
 from pipeline.limits import MAX_PIXELS
 from pipeline.run.view import ExportOptions
 from pipeline.storage import absolute
@@ -30,7 +31,9 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:(0|[1-9][0-9]*))?")
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/prelabel``, ``~/.cache/prelabel`` by default."""
+    """``PRELABEL_CACHE_DIR``, else ``$XDG_CACHE_HOME/prelabel`` (``~/.cache/prelabel``)."""
+    if os.environ.get("PRELABEL_CACHE_DIR"):
+        return Path(os.environ["PRELABEL_CACHE_DIR"]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "prelabel"
 
 
@@ -86,6 +89,9 @@ class RunConfig(BaseSettings):
     # Converted models and engine timings, kept between runs; None: the user cache folder of
     # the machine that runs the shard (a deployment's workers have their own).
     cache_dir: Path | None = None
+    # Where named models (``prelabel models``) download from instead of their publishers'
+    # URL: a mirror holding the same files. None: the publisher.
+    model_mirror: str | None = None
     # Run the checkpoint's weights at this output stride (None: the one it was trained at).
     # 8 is a finer map for 2.6x the multiply-adds of 16 (ResNet-50); README has the figures.
     output_stride: Literal[8, 16, 32] | None = None
@@ -158,7 +164,7 @@ class RunConfig(BaseSettings):
     @field_validator("source", "out", "model")
     @classmethod
     def _absolute(cls, value: str) -> str:
-        return value if value == "demo" else absolute(value)
+        return value if value == "demo" or is_named(value) else absolute(value)
 
     @property
     def labeling_hash(self) -> str:

@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from deeplab.errors import CheckpointError, EngineError
-from flows.cli import annotate, evaluate, exports, report, review, train, verify
+from flows.cli import annotate, evaluate, exports, models, report, review, train, verify
 from flows.cli.common import refused
 from pipeline.errors import PrelabelError
 
@@ -62,5 +62,5 @@ def main(
     """Pre-label images for semantic segmentation with DeepLabV3+."""
 
 
-for group in (annotate, exports, report, review, evaluate, train, verify):
+for group in (annotate, exports, report, review, evaluate, train, verify, models):
     app.add_typer(group.app)

@@ -35,6 +35,7 @@ from flows.cli.common import (
     flags_given,
     stopped,
 )
+from flows.cli.models import fetch_with_bar
 from flows.interrupt import Interrupted, interruptible
 from flows.local_server import ServerError, drain_to_server, temporary_server
 from flows.logs import log_file, send_logs_to
@@ -80,7 +81,10 @@ def annotate(
     out: Annotated[str, typer.Option("--out", "-o", help="Run folder to write.")],
     model: Annotated[
         str | None,
-        typer.Option(show_default=_default("model"), help="'demo' (bundled) or a checkpoint file."),
+        typer.Option(
+            show_default=_default("model"),
+            help="'demo' (bundled), a name from 'prelabel models' or a checkpoint file.",
+        ),
     ] = None,
     batch_size: Annotated[
         int | None,
@@ -196,6 +200,7 @@ def annotate(
     if any(v is not None for v in policy.values()):
         flags["regions"] = {k: v for k, v in policy.items() if v is not None}
     config = _checked_config(source, out, flags)
+    fetch_with_bar(config)
     summary = _run(config, _executor(executor), verbose=verbose)
     _print_summary(summary)
     if summary.failed:
@@ -210,7 +215,7 @@ def deploy_command(
     pool: Annotated[str, typer.Option(help="Work pool whose workers run it.")],
     cron: Annotated[str | None, typer.Option(help='Schedule, e.g. "0 2 * * *".')] = None,
     model: Annotated[
-        str | None, typer.Option(help="'demo' (bundled) or a checkpoint file.")
+        str | None, typer.Option(help="'demo', a name from 'prelabel models' or a checkpoint file.")
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     executor: Annotated[
@@ -243,7 +248,7 @@ def serve_command(
     out: Annotated[str, typer.Option("--out", "-o", help="Run folder every run adds to.")],
     cron: Annotated[str | None, typer.Option(help='Schedule, e.g. "0 2 * * *".')] = None,
     model: Annotated[
-        str | None, typer.Option(help="'demo' (bundled) or a checkpoint file.")
+        str | None, typer.Option(help="'demo', a name from 'prelabel models' or a checkpoint file.")
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
 ) -> None:

@@ -19,6 +19,7 @@ from deeplab.bundled import DEMO_CHECKPOINT
 from deeplab.errors import CheckpointError
 from deeplab.files import write_atomic
 from pipeline.config import RunConfig, default_cache_dir
+from pipeline.labeling.zoo import fetch, is_named
 from pipeline.run.manifest import ModelInfo
 
 DEMO = "demo"
@@ -26,9 +27,19 @@ _KNOWN = "models.json"
 _Entries = TypeAdapter(dict[str, ModelInfo])
 
 
-def resolve_checkpoint(ref: str) -> Path:
-    """``demo`` is the model bundled with the package; anything else is a file path."""
-    return DEMO_CHECKPOINT if ref == DEMO else Path(ref).expanduser()
+def resolve_checkpoint(ref: str, cache_dir: Path | None = None, mirror: str | None = None) -> Path:
+    """``demo`` is the model bundled with the package; a name ``prelabel models`` lists is
+    fetched into the cache on first use; anything else is a file path."""
+    if ref == DEMO:
+        return DEMO_CHECKPOINT
+    if is_named(ref):
+        return fetch(ref, cache_dir or default_cache_dir(), mirror=mirror)
+    return Path(ref).expanduser()
+
+
+def checkpoint_of(config: RunConfig) -> Path:
+    """The checkpoint file a run's ``model`` names."""
+    return resolve_checkpoint(config.model, config.cache_dir, config.model_mirror)
 
 
 def model_info(config: RunConfig) -> ModelInfo:
@@ -61,7 +72,7 @@ def remember(config: RunConfig, info: ModelInfo) -> None:
 
 
 def _key(config: RunConfig) -> str:
-    path = resolve_checkpoint(config.model)
+    path = checkpoint_of(config)
     digest = hashlib.sha256()
     try:
         with path.open("rb") as file:

@@ -24,7 +24,7 @@ from deeplab.files import write_atomic
 from deeplab.predictor import resolve_device
 from pipeline.config import RunConfig, default_cache_dir
 from pipeline.errors import PrelabelError
-from pipeline.labeling.model_ids import resolve_checkpoint
+from pipeline.labeling.model_ids import checkpoint_of
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,10 @@ class ModelSetupError(PrelabelError):
 def load_predictor(config: RunConfig) -> deeplab.Predictor:
     """The run's predictor, loaded once per process for the settings that shape it and the
     checkpoint file as it is now: a worker that serves runs for days sees a replaced file."""
+    path = checkpoint_of(config)
     return _cached(
-        config.model,
-        _file_stamp(resolve_checkpoint(config.model)),
+        path,
+        _file_stamp(path),
         config.device,
         config.low_confidence,
         config.precision,
@@ -64,7 +65,7 @@ def _file_stamp(path: Path) -> tuple[int, int, int] | None:
 
 @lru_cache(maxsize=2)
 def _cached(
-    ref: str,
+    path: Path,
     stamp: tuple[int, int, int] | None,  # the file's (inode, size, mtime): part of the key only
     device: str,
     low_confidence: float,
@@ -74,7 +75,7 @@ def _cached(
     engine: str,
     cache_dir: Path,
 ) -> deeplab.Predictor:
-    model, meta = deeplab.load(resolve_checkpoint(ref))
+    model, meta = deeplab.load(path)
     if output_stride is not None:
         model, meta = deeplab.at_output_stride(model, meta, output_stride)
 
