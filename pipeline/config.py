@@ -98,6 +98,11 @@ class RunConfig(BaseSettings):
     regions: RegionPolicy = RegionPolicy()
     # Formats written when the run ends; from the environment as PRELABEL_EXPORTS=coco,masks.
     exports: Annotated[tuple[str, ...], NoDecode] = ("coco",)
+    # The run's classes (pipeline.labeling.classes): class_map renames and merges the
+    # model's (model name -> run name), then classes keeps these run names; the rest join
+    # the background. None: the model's classes as they are.
+    classes: Annotated[tuple[str, ...] | None, NoDecode] = None
+    class_map: dict[str, str] | None = None
     export_options: ExportOptions = ExportOptions()
     force: bool = False  # re-label every image, even those the run folder already holds
     s3: S3Settings = S3Settings()  # how to reach S3; credentials only from boto3's chain
@@ -148,7 +153,7 @@ class RunConfig(BaseSettings):
             raise ValueError("choose auto, cpu, cuda or cuda:N (N a GPU index)")
         return value
 
-    @field_validator("exports", mode="before")
+    @field_validator("exports", "classes", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         """``coco,masks`` from the environment; a JSON list (``["coco"]``) is taken too."""
@@ -181,8 +186,12 @@ class RunConfig(BaseSettings):
                 "tile_size",
                 "tile_overlap",
                 "precision",
+                "classes",
+                "class_map",
             },
         )
+        # Unset class settings stay out, so runs made before they existed keep their hash.
+        decisive = {k: v for k, v in decisive.items() if v is not None}
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -11,9 +11,11 @@ import os
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
+import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import SettingsError
 from rich.progress import (
@@ -161,6 +163,22 @@ def annotate(
             help="8, 16 or 32: run the model at this stride.",
         ),
     ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME,NAME",
+            show_default="every class of the model",
+            help="Keep these classes (after --class-map); the rest join the background.",
+        ),
+    ] = None,
+    class_map: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            show_default="none",
+            help="YAML or JSON of model class -> run class, to rename and merge (dog: animal).",
+        ),
+    ] = None,
     large_images: Annotated[
         str | None,
         typer.Option(
@@ -195,6 +213,8 @@ def annotate(
         "output_stride": output_stride,
         "large_images": large_images,
         "tile_size": tile_size,
+        "classes": classes,
+        "class_map": _class_map(class_map) if class_map is not None else None,
     }
     policy = {"instances": instances, "min_area": min_area}
     if any(v is not None for v in policy.values()):
@@ -260,6 +280,19 @@ def serve_command(
     from flows.deploy import serve_here
 
     serve_here(name, config, cron=cron, executor="local")
+
+
+def _class_map(path: Path) -> dict[str, str]:
+    """A --class-map file: a YAML or JSON mapping of class names to class names."""
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        cannot_start(f"--class-map {path}: cannot read it ({exc})")
+    if not isinstance(loaded, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in loaded.items()
+    ):
+        cannot_start(f"--class-map {path}: must map class names to class names, e.g. dog: animal")
+    return loaded
 
 
 def _checked_config(source: str, out: str, flags: dict[str, Any]) -> RunConfig:

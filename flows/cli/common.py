@@ -36,6 +36,8 @@ RUN_FLAGS = {
     "force": "--force",
     "compile": "--compile",
     "engine": "--engine",
+    "classes": "--classes",
+    "class_map": "--class-map",
 }
 # pydantic's wording before a validator's own message, which already says what is wrong.
 _PREFIXES = {"value_error": "Value error, ", "assertion_error": "Assertion failed, "}

@@ -15,6 +15,7 @@ from pipeline.errors import PrelabelError
 from pipeline.formats import export, view_of
 from pipeline.formats.label_studio import check_image_urls
 from pipeline.labeling import progress
+from pipeline.labeling.classes import label_space
 from pipeline.labeling.decode import IMAGE_EXTENSIONS, is_image_name
 from pipeline.labeling.model_ids import model_info
 from pipeline.labeling.shard_plan import Shard, ShardStats, plan_shards, shard_stats
@@ -117,7 +118,7 @@ def check_source(config: RunConfig) -> None:
 def check_labels(config: RunConfig) -> None:
     """The model loads (or loaded before from the same bytes: ``labeling.model_ids``), and
     the run folder holds no labels of another model or config."""
-    _check_ledger(Ledger.load(_layout(config)), config, model_info(config).model_version)
+    _check_ledger(Ledger.load(_layout(config)), config, _run_model(config).model_version)
 
 
 @contextmanager
@@ -170,7 +171,7 @@ def plan_run(config: RunConfig, lease: str, *, hand_over: bool = False) -> RunPl
     )
     if not items:
         raise RunError(f"{config.source}: no images found (looked for {_EXTENSIONS})")
-    model = model_info(config)
+    model = _run_model(config)
     verify_lease(layout.storage, layout.lease, lease)
     ledger = Ledger.load(layout)
     damage = [*ledger.damaged, *ledger.damaged_records(layout)]
@@ -295,6 +296,19 @@ def annotate(config: RunConfig) -> RunSummary:
             except DamagedShardError as exc:
                 damaged = exc
         raise damaged
+
+
+def _run_model(config: RunConfig) -> ModelInfo:
+    """The model as the run records it: its identity, and the run's classes (the model's,
+    or what --class-map and --classes make of them; a name it lacks is refused here)."""
+    info = model_info(config)
+    space = label_space(
+        info.class_names,
+        keep=config.classes,
+        rename=config.class_map,
+        background=config.regions.background,
+    )
+    return info.model_copy(update={"class_names": space.names})
 
 
 def _engine(config: RunConfig) -> str:

@@ -23,6 +23,7 @@ import torch
 import deeplab
 from pipeline.config import RunConfig
 from pipeline.labeling import progress
+from pipeline.labeling.classes import label_space
 from pipeline.labeling.decode import DecodedImage, DecodeError, decode_image
 from pipeline.labeling.models import batch_size_for, load_predictor
 from pipeline.labeling.shard_plan import Shard, ShardStats, image_id_for, shard_stats
@@ -150,6 +151,12 @@ class _Labeler:
     ) -> None:
         self.predictor, self.config, self.shard_id = predictor, config, shard_id
         self.pool, self.ahead = pool, ahead
+        self.space = label_space(
+            predictor.meta.class_names,
+            keep=config.classes,
+            rename=config.class_map,
+            background=config.regions.background,
+        )
         self.out = _Outputs()
         # Each row waits for its figures: they are filled in when its tracing returns.
         self.pending: deque[tuple[ImageRecord, Future[Traced]]] = deque()
@@ -226,11 +233,11 @@ class _Labeler:
         )
         traced = self.pool.submit(
             trace,
-            prediction.class_map,
+            self.space.apply(prediction.class_map),
             prediction.confidence,
             image_id=row.image_id,
             lineage=f"{row.content_hash}:{row.model_version}:{row.config_hash}",
-            class_names=self.predictor.meta.class_names,
+            class_names=self.space.names,
             policy=self.config.regions,
             low_confidence=self.config.low_confidence,
         )
