@@ -78,20 +78,26 @@ def _published(monkeypatch: pytest.MonkeyPatch, data: bytes) -> zoo.NamedModel:
     return entry
 
 
+@pytest.fixture
+def published(
+    server: tuple[str, type[_Files]], weights: bytes, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, type[_Files], zoo.NamedModel]:
+    """The weights on the loopback server, and the registry entry named for them."""
+    url, handler = server
+    entry = _published(monkeypatch, weights)
+    handler.files[entry.file] = weights
+    return url, handler, entry
+
+
 def _cache_files(cache: Path) -> list[str]:
     folder = cache / "models"
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
 def test_a_named_model_downloads_once_converts_and_then_runs_offline(
-    server: tuple[str, type[_Files]],
-    weights: bytes,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    published: tuple[str, type[_Files], zoo.NamedModel], weights: bytes, tmp_path: Path
 ) -> None:
-    url, handler = server
-    entry = _published(monkeypatch, weights)
-    handler.files[entry.file] = weights
+    url, handler, entry = published
     cache = tmp_path / "cache"
     seen: list[tuple[int, int | None]] = []
 
@@ -139,14 +145,9 @@ def test_a_file_with_another_hash_is_refused_and_not_cached(
 
 
 def test_a_truncated_download_is_refused_and_not_cached(
-    server: tuple[str, type[_Files]],
-    weights: bytes,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    published: tuple[str, type[_Files], zoo.NamedModel], weights: bytes, tmp_path: Path
 ) -> None:
-    url, handler = server
-    entry = _published(monkeypatch, weights)
-    handler.files[entry.file] = weights
+    url, handler, _ = published
     handler.cut = True
     with pytest.raises(ModelDownloadError, match=f"ended after {len(weights) // 2} of"):
         fetch(NAME, tmp_path / "cache", mirror=url)
