@@ -11,12 +11,14 @@ run reads that file and needs no network.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from http.client import HTTPException
 from pathlib import Path
 
 from pipeline.errors import PrelabelError
@@ -119,11 +121,11 @@ def fetch(
 
 
 def _download(url: str, dest: Path, prefix: str, progress: Progress | None) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.part")
     digest = hashlib.sha256()
     done = 0
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
         with urllib.request.urlopen(url, timeout=60) as answer, part.open("wb") as file:  # noqa: S310  (http(s) from the registry or the user's mirror)
             length = answer.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
@@ -142,14 +144,17 @@ def _download(url: str, dest: Path, prefix: str, progress: Progress | None) -> N
                 "publisher names it; not kept"
             )
         part.replace(dest)
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, TimeoutError, ConnectionError, HTTPException) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise ModelDownloadError(
             f"cannot download {url} ({reason}); without network, fetch it elsewhere and put it "
             f"at {dest}"
         ) from exc
+    except OSError as exc:  # the cache's disk, not the network
+        raise ModelDownloadError(f"{dest}: cannot write the download ({exc.strerror})") from exc
     finally:
-        part.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # no folder to hold it: nothing was written
+            part.unlink(missing_ok=True)
 
 
 def _convert(model: NamedModel, raw: Path, out: Path, url: str) -> None:

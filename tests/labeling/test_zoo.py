@@ -154,6 +154,16 @@ def test_a_truncated_download_is_refused_and_not_cached(
     assert _cache_files(tmp_path / "cache") == []
 
 
+def test_a_cache_that_cannot_be_written_is_named(
+    published: tuple[str, type[_Files], zoo.NamedModel], tmp_path: Path
+) -> None:
+    url, _, _ = published
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "models").write_text("a file where the folder goes")
+    with pytest.raises(ModelDownloadError, match=r"cache/models/.*: cannot write the download"):
+        fetch(NAME, tmp_path / "cache", mirror=url)
+
+
 def test_without_network_one_line_names_the_url_and_where_to_put_the_file(
     tmp_path: Path,
 ) -> None:
