@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from functools import lru_cache
 from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
@@ -58,21 +59,36 @@ def model_info(config: RunConfig) -> ModelInfo:
         model_version=meta.model_version,
         class_names=meta.class_names,
     )
-    remember(config, info)
+    _remember(_path(config), key, info)
     return info
 
 
-def remember(config: RunConfig, info: ModelInfo) -> None:
+def _remember(path: Path, key: str, info: ModelInfo) -> None:
     """Add one checkpoint's identity; entries of other checkpoints are kept."""
-    path = _path(config)
     entries = _read(path)
-    entries[_key(config)] = info
+    entries[key] = info
     with contextlib.suppress(OSError):  # a read-only cache costs a model load next time
         write_atomic(path, _Entries.dump_json(entries, indent=1))
 
 
+def file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """The file's (inode, size, mtime): what changes when it is replaced or rewritten."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 def _key(config: RunConfig) -> str:
     path = checkpoint_of(config)
+    return f"{_sha256(path, file_stamp(path))} stride={config.output_stride or 'as-trained'}"
+
+
+@lru_cache(maxsize=8)
+def _sha256(path: Path, stamp: tuple[int, int, int] | None) -> str:
+    """The checkpoint's digest, once per process for the file as it is (``stamp``): a run
+    asks for its model's identity several times, and a checkpoint can be hundreds of MB."""
     digest = hashlib.sha256()
     try:
         with path.open("rb") as file:
@@ -80,7 +96,7 @@ def _key(config: RunConfig) -> str:
                 digest.update(chunk)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read checkpoint ({exc.strerror})") from exc
-    return f"{digest.hexdigest()} stride={config.output_stride or 'as-trained'}"
+    return digest.hexdigest()
 
 
 def _path(config: RunConfig) -> Path:

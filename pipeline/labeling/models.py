@@ -24,7 +24,7 @@ from deeplab.files import write_atomic
 from deeplab.predictor import resolve_device
 from pipeline.config import RunConfig, default_cache_dir
 from pipeline.errors import PrelabelError
-from pipeline.labeling.model_ids import checkpoint_of
+from pipeline.labeling.model_ids import checkpoint_of, file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def load_predictor(config: RunConfig) -> deeplab.Predictor:
     path = checkpoint_of(config)
     return _cached(
         path,
-        _file_stamp(path),
+        file_stamp(path),  # None: the load names the file and the reason
         config.device,
         config.low_confidence,
         config.precision,
@@ -53,14 +53,6 @@ def load_predictor(config: RunConfig) -> deeplab.Predictor:
         config.engine,
         config.cache_dir or default_cache_dir(),
     )
-
-
-def _file_stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        stat = path.stat()
-    except OSError:
-        return None  # the load names the file and the reason
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 @lru_cache(maxsize=2)
