@@ -5,15 +5,27 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 _partial: set[Path] = set()  # temp files being written now, by any thread
 _partial_lock = threading.Lock()
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename over the target: a reader sees the old file
-    or the new one, never half of one, and a failed write leaves no temp file behind.
+    """``data`` written whole or not at all (see ``open_atomic``)."""
+    with open_atomic(path) as f:
+        f.write(data)
+
+
+@contextmanager
+def open_atomic(path: Path) -> Iterator[BinaryIO]:
+    """A file to write ``path`` through: a temp file in the same folder, fsynced and renamed
+    over the target when the block ends, so a reader sees the old file or the new one, never
+    half of one, and a block that raises leaves no temp file behind. Lets an export of any
+    size be written piece by piece with the same guarantee as a single write.
 
     The temp file is created with mode 0o666 minus the umask, like any new file, so results
     are as readable as the user's other files (``mkstemp`` would make them owner-only).
@@ -25,7 +37,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)

@@ -17,6 +17,8 @@ from torch import nn
 from deeplab.scenes import scenes
 from pipeline.run.layout import RunLayout
 from pipeline.run.ledger import Ledger
+from pipeline.run.manifest import ModelInfo
+from pipeline.run.view import RunView
 from pipeline.storage import LocalStorage
 
 TIMING = ["read_ms", "decode_ms", "predict_ms", "regions_ms"]
@@ -73,9 +75,14 @@ def make_images(
 
 def merged(out: Path) -> tuple[pa.Table, pa.Table]:
     """A local run folder's latest images rows and their regions, as exporters read them."""
-    layout = RunLayout(LocalStorage(), str(out))
-    ledger = Ledger.load(layout)
-    return ledger.images, ledger.regions(layout)
+    return latest(RunLayout(LocalStorage(), str(out)))
+
+
+def latest(layout: RunLayout) -> tuple[pa.Table, pa.Table]:
+    """The latest full images rows of a run folder and their regions, as exporters read them."""
+    unnamed = ModelInfo(ref="", arch="", source="", model_version="", class_names=())
+    view = RunView(layout, unnamed, None, Ledger.load(layout))
+    return view.images, view.regions
 
 
 def comparable(images: pa.Table) -> list[dict[str, object]]:

@@ -9,6 +9,8 @@ so re-exporting, or exporting after an incremental run, keeps every id it had.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -19,7 +21,8 @@ import orjson
 import pyarrow as pa
 from pycocotools import mask as mask_utils
 
-from pipeline.run.view import ExportOptions, RunView
+from pipeline.formats.streams import JsonArray
+from pipeline.run.view import ExportOptions, Part, RunView
 
 
 def coco_id(hex_id: str) -> int:
@@ -37,6 +40,25 @@ def coco_categories(class_names: Sequence[str], background: int | None) -> list[
 
 
 def coco_from_view(view: RunView) -> dict[str, Any]:
+    """The whole document in memory; the export writes the same bytes part by part."""
+    parts = [coco_of_part(part) for part in view.parts(_COLUMNS)]
+    return {
+        "info": coco_info(view),
+        "images": [image for images, _ in parts for image in images],
+        "annotations": [annotation for _, annotations in parts for annotation in annotations],
+        "categories": coco_categories(view.class_names, view.background),
+    }
+
+
+def coco_info(view: RunView) -> dict[str, Any]:
+    return {
+        "description": "prelabel pre-labels for review",
+        "model_version": view.model.model_version,
+    }
+
+
+def coco_of_part(part: Part) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The images and annotations of a part of the run, in its order."""
     images = {
         row["image_id"]: {
             "id": coco_id(str(row["image_id"])),
@@ -44,14 +66,14 @@ def coco_from_view(view: RunView) -> dict[str, Any]:
             "width": row["width"],
             "height": row["height"],
         }
-        for row in view.ok_images()
+        for row in part.ok_images()
     }
     annotations: list[dict[str, Any]] = []
     # Polygons drawn as pycocotools draws them, grouped by image size: one call per size
     # measures them all (index in annotations, rings).
     drawn: dict[tuple[int, int], list[tuple[int, list[Any]]]] = defaultdict(list)
-    shapes = _shapes(view.regions.column("polygons"))
-    for row, parts in zip(view.regions.select(_COLUMNS).to_pylist(), shapes, strict=True):
+    shapes = _shapes(part.regions.column("polygons"))
+    for row, parts in zip(part.regions.select(_ROW_COLUMNS).to_pylist(), shapes, strict=True):
         image = images[row["image_id"]]
         segmentation = _segmentation(row, parts, height=image["height"], width=image["width"])
         area, bbox = row["area"], [float(v) for v in row["bbox"]]
@@ -74,18 +96,10 @@ def coco_from_view(view: RunView) -> dict[str, Any]:
         areas, boxes = _areas_and_boxes([rings for _, rings in polygons], height, width)
         for (index, _), area, box in zip(polygons, areas.tolist(), boxes.tolist(), strict=True):
             annotations[index]["area"], annotations[index]["bbox"] = area, box
-    return {
-        "info": {
-            "description": "prelabel pre-labels for review",
-            "model_version": view.model.model_version,
-        },
-        "images": list(images.values()),
-        "annotations": annotations,
-        "categories": coco_categories(view.class_names, view.background),
-    }
+    return list(images.values()), annotations
 
 
-_COLUMNS = [
+_ROW_COLUMNS = (
     "image_id",
     "region_id",
     "class_id",
@@ -95,7 +109,8 @@ _COLUMNS = [
     "rle",
     "fidelity",
     "geometry",
-]
+)
+_COLUMNS = (*_ROW_COLUMNS, "polygons")
 
 
 def _shapes(column: pa.ChunkedArray) -> list[list[list[npt.NDArray[np.float32]]]]:
@@ -130,9 +145,23 @@ def _areas_and_boxes(
 
 
 def export_coco(view: RunView, options: ExportOptions) -> tuple[str, ...]:
+    """Images go straight to the file and annotations to a local spool, appended after them:
+    COCO lists every image before any annotation, and the run is read once."""
     uri = view.layout.export("coco.json")
-    document = orjson.dumps(coco_from_view(view), option=orjson.OPT_SERIALIZE_NUMPY)
-    view.layout.storage.write_atomic(uri, document)
+    with view.layout.storage.write_stream(uri) as out, tempfile.TemporaryFile() as spool:
+        out.write(orjson.dumps({"info": coco_info(view)})[:-1] + b',"images":')
+        images, annotations = JsonArray(out), JsonArray(spool)
+        for part in view.parts(_COLUMNS):
+            part_images, part_annotations = coco_of_part(part)
+            images.extend(part_images)
+            annotations.extend(part_annotations)
+        images.close()
+        annotations.close()
+        out.write(b',"annotations":')
+        spool.seek(0)
+        shutil.copyfileobj(spool, out)
+        categories = coco_categories(view.class_names, view.background)
+        out.write(b',"categories":' + orjson.dumps(categories) + b"}")
     return (uri,)
 
 

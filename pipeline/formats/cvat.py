@@ -16,37 +16,46 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from itertools import chain, count
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow.compute as pc
 
 from pipeline.geometry.class_maps import class_colours
 from pipeline.geometry.rle import region_crop
-from pipeline.run.view import ExportOptions, RunView
+from pipeline.run.view import ExportOptions, Part, RunView
 
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def export_cvat(view: RunView, options: ExportOptions) -> tuple[str, ...]:
+    """Written element by element, indented as ``ET.indent`` indents the whole tree."""
     uri = view.layout.export("cvat.xml")
-    root = cvat_from_view(view)
-    ET.indent(root)
-    view.layout.storage.write_atomic(uri, ET.tostring(root, encoding="utf-8", xml_declaration=True))
+    with view.layout.storage.write_stream(uri) as out:
+        out.write(b"<?xml version='1.0' encoding='utf-8'?>\n<annotations>")
+        frames = count()
+        elements = chain(
+            _header(view),
+            (e for part in view.parts() for e in _image_elements(part, view, frames)),
+        )
+        for element in elements:
+            ET.indent(element, level=1)
+            out.write(b"\n  " + ET.tostring(element, encoding="unicode").encode())
+        out.write(b"\n</annotations>")
     return (uri,)
 
 
-def cvat_from_view(view: RunView) -> ET.Element:
-    images = view.ok_images()
-    regions: dict[str, list[dict[str, Any]]] = {row["image_id"]: [] for row in images}
-    for row in view.regions.to_pylist():
-        regions[row["image_id"]].append(row)
-    root = ET.Element("annotations")
-    ET.SubElement(root, "version").text = "1.1"
-    task = ET.SubElement(ET.SubElement(root, "meta"), "task")
+def _header(view: RunView) -> list[ET.Element]:
+    version = ET.Element("version")
+    version.text = "1.1"
+    meta = ET.Element("meta")
+    task = ET.SubElement(meta, "task")
     ET.SubElement(task, "name").text = xml_text(f"prelabel {view.model.model_version}")
-    ET.SubElement(task, "size").text = str(len(images))
+    labeled = pc.sum(pc.equal(view.index["status"], "ok")).as_py() or 0
+    ET.SubElement(task, "size").text = str(labeled)
     ET.SubElement(task, "mode").text = "annotation"
     labels = ET.SubElement(task, "labels")
     colours = class_colours(len(view.class_names), view.background)
@@ -58,13 +67,21 @@ def cvat_from_view(view: RunView) -> ET.Element:
         ET.SubElement(label, "color").text = "#{:02x}{:02x}{:02x}".format(*colours[class_id])
         ET.SubElement(label, "type").text = "any"
         ET.SubElement(label, "attributes")
-    for frame, image in enumerate(images):
+    return [version, meta]
+
+
+def _image_elements(part: Part, view: RunView, frames: Iterator[int]) -> Iterator[ET.Element]:
+    """Frame ids count the run's labeled images in key order, as CVAT numbers a task's."""
+    images = part.ok_images()
+    regions: dict[str, list[dict[str, Any]]] = {row["image_id"]: [] for row in images}
+    for row in part.regions.to_pylist():
+        regions[row["image_id"]].append(row)
+    for image in images:
         height, width = image["height"], image["width"]
-        element = ET.SubElement(
-            root,
+        element = ET.Element(
             "image",
             {
-                "id": str(frame),
+                "id": str(next(frames)),
                 "name": xml_text(image["key"]),
                 "width": str(width),
                 "height": str(height),
@@ -80,7 +97,7 @@ def cvat_from_view(view: RunView) -> ET.Element:
             else:
                 crop = region_crop(region["rle"], height=height, width=width)
                 ET.SubElement(element, "mask", mask_shape(name, *crop))
-    return root
+        yield element
 
 
 def polygon_shape(label: str, ring: Sequence[float]) -> dict[str, str]:

@@ -30,11 +30,11 @@ from urllib.parse import quote
 
 import numpy as np
 import numpy.typing as npt
-import orjson
 
+from pipeline.formats.streams import JsonArray
 from pipeline.geometry.class_maps import class_colours
 from pipeline.geometry.rle import region_crop, run_lengths_from_crop
-from pipeline.run.view import ExportError, ExportOptions, RunView
+from pipeline.run.view import ExportError, ExportOptions, Part, RunView
 
 __all__ = [
     "brush_rle",
@@ -59,7 +59,11 @@ _RUN_LIMITS = 1 << _RUN_BITS  # the longest run each width holds (the field stor
 def export_label_studio(view: RunView, options: ExportOptions) -> tuple[str, ...]:
     tasks_uri = view.layout.export("label-studio.json")
     config_uri = view.layout.export("label-config.xml")
-    view.layout.storage.write_atomic(tasks_uri, orjson.dumps(label_studio_tasks(view, options)))
+    with view.layout.storage.write_stream(tasks_uri) as out:
+        tasks = JsonArray(out)
+        for part in view.parts():
+            tasks.extend(tasks_of_part(part, view, options))
+        tasks.close()
     config = label_config(view.class_names, view.background)
     view.layout.storage.write_atomic(config_uri, config.encode())
     return (tasks_uri, config_uri)
@@ -68,11 +72,15 @@ def export_label_studio(view: RunView, options: ExportOptions) -> tuple[str, ...
 def label_studio_tasks(view: RunView, options: ExportOptions) -> list[dict[str, Any]]:
     """Tasks in key order; each prediction's score is the image's mean confidence, lower
     meaning more doubtful, so sorting tasks by it ascending reviews the worst first."""
+    return [task for part in view.parts() for task in tasks_of_part(part, view, options)]
+
+
+def tasks_of_part(part: Part, view: RunView, options: ExportOptions) -> list[dict[str, Any]]:
     regions: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in view.regions.to_pylist():
+    for row in part.regions.to_pylist():
         regions[row["image_id"]].append(row)
     tasks = []
-    for image in view.ok_images():
+    for image in part.ok_images():
         results = [
             result
             for region in regions[image["image_id"]]
@@ -250,15 +258,18 @@ def check_image_urls(view: RunView, options: ExportOptions) -> str | None:
     """Every task's image URL, made before any export is written, so that an image outside
     ``local_files_root`` is refused (``ExportError``) with nothing half-done. Returns a line
     for the user where the tasks would point at local paths, which only this machine opens."""
-    refs = [_image_ref(image, options) for image in view.ok_images()]
-    if options.image_url_prefix is not None or options.local_files_root is not None:
-        return None
-    local = [ref for ref in refs if "://" not in ref]
-    if not local:
+    first, count = None, 0
+    for part in view.parts(regions=None):
+        for image in part.ok_images():
+            ref = _image_ref(image, options)  # raises for an image outside local_files_root
+            if "://" not in ref:
+                first, count = first or ref, count + 1
+    chosen = options.image_url_prefix is not None or options.local_files_root is not None
+    if first is None or chosen:
         return None
     return (
-        f"label-studio tasks point at absolute local paths ({local[0]}"
-        + (f" and {len(local) - 1} more" if len(local) > 1 else "")
+        f"label-studio tasks point at absolute local paths ({first}"
+        + (f" and {count - 1} more" if count > 1 else "")
         + ") that only a browser on this machine can open; give --image-url-prefix URL "
         "for images served elsewhere, or --local-files-root DIR for Label Studio's local files"
     )

@@ -21,11 +21,13 @@ Failed images get no mask.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import hashlib
 import io
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,20 +53,27 @@ _LABELMAP_UNSAFE = re.compile(r"[:\r\n]|^#|^\s|\s$")  # separators, comments, st
 
 
 def export_masks(view: RunView, options: ExportOptions) -> tuple[str, ...]:
-    images = view.ok_images()
-    regions: dict[str, list[dict[str, Any]]] = {row["image_id"]: [] for row in images}
-    for row in view.regions.select(["image_id", "class_id", "rle"]).to_pylist():
-        regions[row["image_id"]].append(row)
+    """One image's mask painted and written at a time, shard by shard. Returns the folder's
+    three index files; ``index.csv`` names every mask."""
 
-    def painted(image: dict[str, Any]) -> npt.NDArray[np.uint8]:
-        return class_map_of(
-            regions[image["image_id"]], image["height"], image["width"], view.background
-        )
+    def batches() -> Iterator[Sequence[dict[str, Any]]]:
+        return (part.ok_images() for part in view.parts(regions=None))
+
+    names = MaskNames(batches)
+
+    def painted() -> Iterator[tuple[dict[str, Any], npt.NDArray[np.uint8]]]:
+        for part in view.parts(regions=("image_id", "class_id", "rle")):
+            images = part.ok_images()
+            regions: dict[str, list[dict[str, Any]]] = {row["image_id"]: [] for row in images}
+            for row in part.regions.to_pylist():
+                regions[row["image_id"]].append(row)
+            for image in images:
+                height, width = image["height"], image["width"]
+                rows = regions[image["image_id"]]
+                yield image, class_map_of(rows, height, width, view.background)
 
     storage, root = view.layout.storage, view.layout.export(MASKS)
-    return write_mask_folder(
-        storage, root, view.class_names, view.background, images, mask_names(images), painted
-    )
+    return write_mask_folder(storage, root, view.class_names, view.background, names, painted())
 
 
 def write_mask_folder(
@@ -72,36 +81,35 @@ def write_mask_folder(
     root: str,
     class_names: Sequence[str],
     background: int | None,
-    images: Sequence[dict[str, Any]],
-    mask_of: dict[str, str],
-    paint: Callable[[dict[str, Any]], npt.NDArray[np.uint8]],
+    names: MaskNames,
+    masks: Iterable[tuple[dict[str, Any], npt.NDArray[np.uint8]]],
 ) -> tuple[str, ...]:
-    """The masks layout under ``root`` for ``images`` (rows with ``image_id`` and ``key``),
-    each mask named by ``mask_of`` and painted by ``paint``: what the masks export and a pull
-    of reviewed labels both write. What could be refused is checked before any PNG."""
+    """The masks layout under ``root`` for ``masks`` (an image row with ``image_id`` and
+    ``key``, and its class map), each named by ``names``: what the masks export and a pull
+    of reviewed labels both write. What could be refused is checked before any PNG; the two
+    lists are written as the masks are and land whole when the last one is written."""
     if len(class_names) > 256:
         raise ExportError(
             f"{root}: {len(class_names)} classes do not fit the 256 indices of a palette PNG"
         )
     colours = class_colours(len(class_names), background)
-    texts = {
-        ("labelmap.txt",): labelmap(class_names, colours),
-        IMAGE_SET: "".join(f"{mask_of[image['image_id']]}\n" for image in images),
-        ("index.csv",): index_csv(images, mask_of),
-    }
+    labels = labelmap(class_names, colours)
     palette = bytes(value for colour in colours for value in colour)
-    written = []
-    for image in images:
-        class_map = paint(image)
-        *folders, stem = mask_of[image["image_id"]].split("/")
-        uri = storage.join(root, CLASSES_FOLDER, *folders, f"{stem}.png")
-        storage.write_atomic(uri, png_of(class_map, palette))
-        written.append(uri)
-    for parts, text in texts.items():
-        uri = storage.join(root, *parts)
-        storage.write_atomic(uri, text.encode())
-        written.append(uri)
-    return tuple(written)
+    image_set, index = storage.join(root, *IMAGE_SET), storage.join(root, "index.csv")
+    with storage.write_stream(image_set) as names_out, storage.write_stream(index) as index_out:
+        rows = codecs.getwriter("utf-8")(index_out)
+        table = csv.writer(rows, lineterminator="\n")
+        table.writerow(["key", "image_id", "mask"])
+        for image, class_map in masks:
+            name = names.of(image)
+            *folders, stem = name.split("/")
+            uri = storage.join(root, CLASSES_FOLDER, *folders, f"{stem}.png")
+            storage.write_atomic(uri, png_of(class_map, palette))
+            names_out.write(f"{name}\n".encode())
+            table.writerow([image["key"], image["image_id"], f"{CLASSES_FOLDER}/{name}.png"])
+    labels_uri = storage.join(root, "labelmap.txt")
+    storage.write_atomic(labels_uri, labels.encode())
+    return (labels_uri, image_set, index)
 
 
 def mask_name(key: str) -> str:
@@ -119,23 +127,75 @@ def mask_name(key: str) -> str:
     return "/".join([*(_cut(s, _NAME_MAX) for s in kept), _cut(name, _STEM_MAX)])
 
 
-def mask_names(images: Sequence[dict[str, Any]]) -> dict[str, str]:
-    """Image id -> mask name, distinct even on case-insensitive file systems."""
-    names = {row["image_id"]: mask_name(row["key"]) for row in images}
-    uses = Counter(name.casefold() for name in names.values())
-    unique = {
-        image_id: name if uses[name.casefold()] == 1 else _with_id(name, image_id)
-        for image_id, name in names.items()
-    }
-    files = {f"{name}.png".casefold() for name in unique.values()}
-    folders = {
-        "/".join(name.split("/")[:depth]).casefold()
-        for name in unique.values()
-        for depth in range(1, name.count("/") + 1)
-    }
-    if len(files) != len(unique) or files & folders:
-        raise ExportError(f"mask names collide even with image ids added: {sorted(files)[:5]}")
-    return unique
+class MaskNames:
+    """Image -> mask name, distinct even on case-insensitive file systems, for a run of any
+    size: names are compared by 64-bit digests of their case-folded form, and the few that
+    share a digest are compared exactly, so memory grows by 8 bytes an image, not a name.
+
+    ``batches`` gives the images (rows with ``image_id`` and ``key``) anew on each call, in
+    batches; it is read two or three times."""
+
+    def __init__(self, batches: Callable[[], Iterable[Sequence[Mapping[str, Any]]]]) -> None:
+        digests = [_digests(mask_name(i["key"]) for i in batch) for batch in batches()]
+        every = np.concatenate(digests) if digests else np.empty(0, np.int64)
+        maybe = _repeated(every)
+        uses = Counter(
+            folded
+            for batch in (batches() if maybe else ())
+            for image in batch
+            if _digest(folded := mask_name(image["key"]).casefold()) in maybe
+        )
+        self.shared = {name for name, count in uses.items() if count > 1}
+        self._check(batches)
+
+    def of(self, image: Mapping[str, Any]) -> str:
+        name = mask_name(image["key"])
+        return _with_id(name, image["image_id"]) if name.casefold() in self.shared else name
+
+    def _check(self, batches: Callable[[], Iterable[Sequence[Mapping[str, Any]]]]) -> None:
+        """No two files share a name, with ids appended, and no file has a folder's name;
+        compared by digest first, then exactly where two digests meet."""
+        files, folders = [], set()
+        for batch in batches():
+            names = [self.of(image) for image in batch]
+            files.append(_digests(f"{name}.png" for name in names))
+            folders |= {_digest(folder.casefold()) for name in names for folder in _folders(name)}
+        every = np.concatenate(files) if files else np.empty(0, np.int64)
+        folder_digests = np.fromiter(folders, np.int64, len(folders))
+        suspects = _repeated(every) | set(every[np.isin(every, folder_digests)].tolist())
+        if not suspects:
+            return
+        names = [self.of(image) for batch in batches() for image in batch]
+        found = [name for name in names if _digest(f"{name}.png".casefold()) in suspects]
+        clashing = Counter(f"{name}.png".casefold() for name in found)
+        every_folder = {folder.casefold() for name in names for folder in _folders(name)}
+        bad = sorted(f for f, n in clashing.items() if n > 1 or f in every_folder)
+        if bad:
+            raise ExportError(f"mask names collide even with image ids added: {bad[:5]}")
+
+
+def mask_names(images: Sequence[Mapping[str, Any]]) -> MaskNames:
+    """Names for images all at hand."""
+    return MaskNames(lambda: [images])
+
+
+def _digest(folded: str) -> int:
+    return int.from_bytes(hashlib.blake2b(folded.encode(), digest_size=8).digest(), signed=True)
+
+
+def _digests(names: Iterable[str]) -> npt.NDArray[np.int64]:
+    return np.fromiter((_digest(name.casefold()) for name in names), np.int64)
+
+
+def _repeated(digests: npt.NDArray[np.int64]) -> set[int]:
+    values, counts = np.unique(digests, return_counts=True)
+    return set(values[counts > 1].tolist())
+
+
+def _folders(name: str) -> Iterator[str]:
+    """``a/b/c`` -> ``a``, ``a/b``."""
+    parts = name.split("/")
+    return ("/".join(parts[:depth]) for depth in range(1, len(parts)))
 
 
 def _with_id(name: str, image_id: str) -> str:
@@ -169,13 +229,3 @@ def labelmap(names: Sequence[str], colours: Sequence[tuple[int, int, int]]) -> s
         )
     lines = [f"{name}:{r},{g},{b}::" for name, (r, g, b) in zip(names, colours, strict=True)]
     return "\n".join(["# label:color_rgb:parts:actions", *lines]) + "\n"
-
-
-def index_csv(images: Sequence[dict[str, Any]], mask_of: dict[str, str]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["key", "image_id", "mask"])
-    for image in images:
-        mask = f"{CLASSES_FOLDER}/{mask_of[image['image_id']]}.png"
-        writer.writerow([image["key"], image["image_id"], mask])
-    return out.getvalue()

@@ -10,21 +10,22 @@ the polygons the gate rejected. Coordinates are pixels, so ``crs`` is null: GeoP
 
 from __future__ import annotations
 
-import io
 import json
 import struct
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pycocotools import mask as mask_utils
 
 from pipeline.geometry.polygons import polygons_from_mask
 from pipeline.run.records import Polygon
-from pipeline.run.view import ExportOptions, RunView
+from pipeline.run.tables import IMAGES_SCHEMA, REGIONS_SCHEMA
+from pipeline.run.view import ExportOptions, Part, RunView
 
 IMAGE_COLUMNS = ("key", "uri", "width", "height", "model_version")
 WKB_COLUMN = "wkb"
@@ -35,41 +36,94 @@ _WKB_POLYGON = 3
 _WKB_MULTIPOLYGON = 6
 
 
+ROW_GROUP_ROWS = 1 << 16  # rows gathered before a row group is written: a run's first 65,536
+# regions make one group, as a whole-table write makes it, and memory stays bounded after that
+
+
 def export_parquet(view: RunView, options: ExportOptions) -> tuple[str, ...]:
-    regions = regions_with_images(view)
+    """Both files written as the run is read, in row groups; with ``wkb`` a first pass over
+    the shapes finds the bounds GeoParquet's metadata needs before the first row."""
+    regions_uri = view.layout.export("regions.parquet")
+    images_uri = view.layout.export("images.parquet")
+    schema = _regions_schema(options.wkb)
     if options.wkb:
-        regions = with_wkb(regions)
-    written = []
-    for name, table in (("regions.parquet", regions), ("images.parquet", view.images)):
-        uri = view.layout.export(name)
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer, compression="zstd")
-        view.layout.storage.write_atomic(uri, buffer.getvalue())
-        written.append(uri)
-    return tuple(written)
+        schema = schema.with_metadata({b"geo": geo_metadata(_run_bounds(view))})
+    storage = view.layout.storage
+    with (
+        storage.write_stream(regions_uri) as regions_out,
+        storage.write_stream(images_uri) as images_out,
+        _RowGroups(regions_out, schema) as regions,
+        _RowGroups(images_out, IMAGES_SCHEMA) as images,
+    ):
+        for part in view.parts():
+            table = regions_with_images(part)
+            if options.wkb:
+                table = table.append_column(WKB_COLUMN, wkb_column(table))
+            regions.add(table)
+            images.add(part.images)
+    return (regions_uri, images_uri)
 
 
-def regions_with_images(view: RunView) -> pa.Table:
+class _RowGroups:
+    """Tables gathered into row groups of ``ROW_GROUP_ROWS`` and written as they fill."""
+
+    def __init__(self, out: BinaryIO, schema: pa.Schema) -> None:
+        self.writer = pq.ParquetWriter(out, schema, compression="zstd")
+        self.schema = schema
+        self.pending: list[pa.Table] = []
+        self.rows = 0
+        self.written = False
+
+    def add(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        self.rows += table.num_rows
+        if self.rows >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def __enter__(self) -> _RowGroups:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        """The last rows flushed and the footer written; after an error only the writer
+        closed, its file being discarded whole."""
+        if kind is None:
+            self._flush()
+        self.writer.close()
+
+    def _flush(self) -> None:
+        """An empty run still gets its one empty row group, as a whole-table write does."""
+        if self.pending or not self.written:
+            table = pa.concat_tables(self.pending) if self.pending else self.schema.empty_table()
+            self.writer.write_table(table.replace_schema_metadata(self.schema.metadata))
+            self.written = True
+        self.pending, self.rows = [], 0
+
+
+def _regions_schema(wkb: bool) -> pa.Schema:
+    schema = REGIONS_SCHEMA
+    for name in IMAGE_COLUMNS:
+        schema = schema.append(IMAGES_SCHEMA.field(name))
+    return schema.append(pa.field(WKB_COLUMN, pa.binary())) if wkb else schema
+
+
+def regions_with_images(part: Part) -> pa.Table:
     """The regions in their order, each with its image's columns appended."""
-    row_of = {image_id: i for i, image_id in enumerate(view.images["image_id"].to_pylist())}
-    rows = pa.array([row_of[i] for i in view.regions["image_id"].to_pylist()], pa.int64())
-    per_region = view.images.select(list(IMAGE_COLUMNS)).take(rows)
-    table = view.regions
+    rows = pc.index_in(part.regions["image_id"], part.images["image_id"])
+    per_region = part.images.select(list(IMAGE_COLUMNS)).take(rows)
+    table = part.regions
     for name in IMAGE_COLUMNS:
         table = table.append_column(per_region.schema.field(name), per_region[name])
     return table
 
 
-def with_wkb(regions: pa.Table) -> pa.Table:
-    """Add the WKB MultiPolygon column and the GeoParquet metadata that names it."""
-    shapes = [
-        row["polygons"] if row["geometry"] == "polygon" else mask_polygons(row)
-        for row in regions.select(
-            ["polygons", "geometry", "rle", "bbox", "height", "width"]
-        ).to_pylist()
-    ]
+def wkb_column(regions: pa.Table) -> pa.Array:
+    """Each region as a WKB MultiPolygon: its polygons, or its mask's exact pixel boundary."""
+    return pa.array([multipolygon_wkb(polygons) for polygons in _shapes(regions)], pa.binary())
+
+
+def geo_metadata(box: list[float] | None) -> bytes:
+    """GeoParquet's ``geo`` metadata naming the WKB column; ``box`` over every point."""
     column: dict[str, Any] = {"encoding": "WKB", "geometry_types": ["MultiPolygon"], "crs": None}
-    box = bounds(shapes)
     if box is not None:
         column["bbox"] = box
     geo = {
@@ -77,11 +131,28 @@ def with_wkb(regions: pa.Table) -> pa.Table:
         "primary_column": WKB_COLUMN,
         "columns": {WKB_COLUMN: column},
     }
-    table = regions.append_column(
-        WKB_COLUMN, pa.array([multipolygon_wkb(polygons) for polygons in shapes], pa.binary())
-    )
-    metadata = {**(table.schema.metadata or {}), b"geo": json.dumps(geo).encode()}
-    return table.replace_schema_metadata(metadata)
+    return json.dumps(geo).encode()
+
+
+def _shapes(regions: pa.Table) -> list[Sequence[Polygon]]:
+    return [
+        row["polygons"] if row["geometry"] == "polygon" else mask_polygons(row)
+        for row in regions.select(
+            ["polygons", "geometry", "rle", "bbox", "height", "width"]
+        ).to_pylist()
+    ]
+
+
+def _run_bounds(view: RunView) -> list[float] | None:
+    boxes = [
+        box
+        for part in view.parts()
+        if (box := bounds(_shapes(regions_with_images(part)))) is not None
+    ]
+    if not boxes:
+        return None
+    every = np.asarray(boxes)
+    return [*every[:, :2].min(axis=0).tolist(), *every[:, 2:].max(axis=0).tolist()]
 
 
 def bounds(shapes: Sequence[Sequence[Sequence[Sequence[float]]]]) -> list[float] | None:

@@ -3,7 +3,7 @@ functions into a flow; everything here runs and tests without it."""
 
 from __future__ import annotations
 
-from collections import Counter
+import dataclasses
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -18,7 +18,8 @@ from pipeline.labeling import progress
 from pipeline.labeling.classes import label_space
 from pipeline.labeling.decode import IMAGE_EXTENSIONS, is_image_name
 from pipeline.labeling.model_ids import model_info
-from pipeline.labeling.shard_plan import Shard, ShardStats, plan_shards, shard_stats
+from pipeline.labeling.shard_plan import Shard, ShardStats, plan_shards
+from pipeline.labeling.tally import tally
 from pipeline.retry import retrying
 from pipeline.run.layout import RunLayout
 from pipeline.run.lease import Lease, held_here, holding
@@ -174,11 +175,12 @@ def plan_run(config: RunConfig, lease: str, *, hand_over: bool = False) -> RunPl
     model = _run_model(config)
     verify_lease(layout.storage, layout.lease, lease)
     ledger = Ledger.load(layout)
-    damage = [*ledger.damaged, *ledger.damaged_records(layout)]
+    damage = [*ledger.damaged, *ledger.damaged_files(layout)]
     for found in damage:
         quarantine(layout, found)
     if damage:
         ledger = Ledger.load(layout)
+    ledger.save_index(layout)
     _check_ledger(ledger, config, model.model_version)
     todo = items if config.force else ledger.todo(items)
     shards = tuple(plan_shards(todo, config.shard_size, ledger.next_generation, lease))
@@ -210,7 +212,7 @@ def finish_run(plan: RunPlan) -> RunSummary:
     config, layout = plan.config, plan.layout
     verify_lease(layout.storage, layout.lease, plan.lease)
     try:
-        view = view_of(layout, plan.model, config.regions.background)
+        view = view_of(layout, plan.model, config.regions.background, save_index=True)
     except DamagedShardError as exc:
         quarantine(layout, exc.damage)
         raise
@@ -219,39 +221,35 @@ def finish_run(plan: RunPlan) -> RunSummary:
         notice = check_image_urls(view, config.export_options)  # before anything is written
         notes += [notice] if notice else []
     exports = export(view, config.exports, config.export_options)
+    counted = tally(view, {s.shard_id for s in plan.shards})
     finished = datetime.now(UTC)
-    failed = tuple(
-        (row["key"], row["error"] or "")
-        for row in view.images.select(["key", "status", "error"]).to_pylist()
-        if row["status"] != "ok"
-    )
-    counts = Counter(view.regions.column("class_name").to_pylist())
-    rows = view.images.to_pylist()
+    empty = ShardStats("", 0, 0, 0, 0.0)
     shards = tuple(
-        shard_stats(s.shard_id, (r for r in rows if r["shard"] == s.shard_id)) for s in plan.shards
+        counted.shards.get(s.shard_id, dataclasses.replace(empty, shard_id=s.shard_id))
+        for s in plan.shards
     )
     manifest = RunManifest(
         prelabel_version=code_version(),
         config=config.model_dump(mode="json"),
         model=plan.model,
-        shards=tuple(sorted(set(view.images.column("shard").to_pylist()))),
+        shards=counted.held_in,
         started_at=plan.started_at,
         finished_at=finished,
-        images=view.images.num_rows,
-        images_failed=len(failed),
-        regions=view.regions.num_rows,
+        images=counted.images,
+        images_failed=len(counted.failed),
+        regions=counted.regions,
         engine=plan.engine or _recorded_engine(layout),
     )
     layout.storage.write_atomic(layout.manifest, manifest.model_dump_json(indent=2).encode())
     return RunSummary(
         out=config.out,
-        images=view.images.num_rows,
+        images=counted.images,
         labeled_now=sum(s.images for s in shards),
         done_before=plan.done,
         skipped=plan.skipped,
-        failed=failed,
-        regions=view.regions.num_rows,
-        class_counts={name: counts[name] for name in plan.model.class_names if name in counts},
+        failed=counted.failed,
+        regions=counted.regions,
+        class_counts=counted.class_counts,
         seconds=(finished - plan.started_at).total_seconds(),
         exports=exports,
         shards=shards,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
@@ -117,15 +117,12 @@ def evaluate_run(view: RunView, truth: Truth, *, tolerance: int = 2) -> Evaluati
     names = view.class_names
     check_names(truth, names)
     background = view.background if view.background is not None else 0
-    regions: dict[str, list[dict[str, Any]]] = {}
-    for row in view.regions.select(["image_id", "class_id", "rle"]).to_pylist():
-        regions.setdefault(row["image_id"], []).append(row)
     confusion = np.zeros((len(names), len(names)), np.int64)
     scores: list[ImageScore] = []
     failed: list[Failure] = []
     missing: list[str] = []
     boundary = np.zeros(4, np.int64)  # matched predicted, predicted, matched truth, truth
-    for image in view.images.to_pylist():
+    for image, regions in _images_with_regions(view):
         key = image["key"]
         if image["status"] != "ok":
             failed.append(Failure(key=key, reason=f"the run failed: {image['error']}"))
@@ -143,7 +140,7 @@ def evaluate_run(view: RunView, truth: Truth, *, tolerance: int = 2) -> Evaluati
         except TruthError as exc:
             failed.append(Failure(key=key, reason=str(exc)))
             continue
-        predicted = class_map_of(regions.get(image["image_id"], []), height, width, background)
+        predicted = class_map_of(regions, height, width, background)
         cm = confusion_matrix(expected, predicted, len(names))
         confusion += cm
         counts = boundary_counts(expected, predicted, tolerance)
@@ -194,8 +191,20 @@ def evaluate_run(view: RunView, truth: Truth, *, tolerance: int = 2) -> Evaluati
         per_image=scores,
         failed=failed,
         missing=missing,
-        truth_unmatched=truth.unmatched([row["key"] for row in view.images.to_pylist()]),
+        truth_unmatched=truth.unmatched(view.index["key"].to_pylist()),
     )
+
+
+def _images_with_regions(
+    view: RunView,
+) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Each image row of the run in key order with its regions, read shard by shard."""
+    for part in view.parts(regions=("image_id", "class_id", "rle")):
+        regions: dict[str, list[dict[str, Any]]] = {}
+        for row in part.regions.to_pylist():
+            regions.setdefault(row["image_id"], []).append(row)
+        for image in part.images.to_pylist():
+            yield image, regions.get(image["image_id"], [])
 
 
 def boundaries(

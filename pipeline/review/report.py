@@ -38,7 +38,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -50,7 +50,8 @@ from pipeline.geometry.class_maps import class_colours
 from pipeline.review.sync import push_record
 from pipeline.review.thumbnails import review_pictures
 from pipeline.run.manifest import RunManifest
-from pipeline.run.view import ExportError, RunView
+from pipeline.run.tables import IMAGES_SCHEMA
+from pipeline.run.view import ExportError, Part, RunView
 from pipeline.storage import Storage, StorageError, scheme_of, storage_for
 
 REPORT = "report.html"
@@ -148,17 +149,10 @@ def write_report(
     stem = match["stem"]
     folder = page[: len(page) - len(page_name)] + stem
     manifest = RunManifest.model_validate_json(view.layout.storage.read(view.layout.manifest))
-    ok = pc.equal(view.images["status"], "ok")
-    labeled = view.images.filter(ok)
-    one_class = one_class_images(labeled, view.regions, view.background)
-    apart = pc.is_in(labeled["image_id"], value_set=pa.array(list(one_class), pa.string()))
-    ranked = review_order(labeled.filter(pc.invert(apart)))
-    failed = view.images.filter(pc.invert(ok))
-    shown = [
-        *ranked.slice(0, limit).to_pylist(),
-        *labeled.filter(apart).slice(0, limit).to_pylist(),
-    ]
-    regions = _regions_of(view.regions, [row["image_id"] for row in shown])
+    chosen = _select(view, limit)
+    one_class = chosen.one_class
+    shown = [*chosen.ranked.to_pylist(), *chosen.alone.to_pylist()]
+    regions = chosen.regions
     colours = class_colours(len(view.class_names), view.background)
     originals = _originals(shown, manifest) if source_images else {}
     max_pixels = manifest.config.max_pixels  # no original the run labeled is over it
@@ -203,15 +197,12 @@ def write_report(
         manifest,
         entries,
         folder=quote(stem),
-        ranked=ranked.num_rows,
-        one_class=len(one_class),
-        failed=failed.num_rows,
-        failed_shown=failed.slice(0, limit).to_pylist(),
+        ranked=chosen.ranked_count,
+        one_class=chosen.one_class_count,
+        failed=chosen.failed_count,
+        failed_shown=chosen.failed.to_pylist(),
         source_images=source_images,
-        class_counts={
-            item["values"]: item["counts"]
-            for item in pc.value_counts(view.regions["class_id"]).to_pylist()
-        },
+        class_counts=chosen.class_counts,
         colours=colours,
     )
     storage.write_atomic(page, text.encode())
@@ -219,9 +210,9 @@ def write_report(
         page=page,
         written=(page, *(uri for _, files in rendered for uri in files)),
         shown=len(shown),
-        labeled=labeled.num_rows,
-        one_class=len(one_class),
-        failed=failed.num_rows,
+        labeled=chosen.labeled,
+        one_class=chosen.one_class_count,
+        failed=chosen.failed_count,
         notes=sum(entry.note is not None for entry in entries),
     )
 
@@ -490,14 +481,56 @@ def _failed(count: int, shown: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
-def _regions_of(regions: pa.Table, image_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-    """The region rows (``image_id``, ``class_id``, ``rle``) of these images only."""
-    wanted = regions.select(["image_id", "class_id", "rle"])
-    wanted = wanted.filter(pc.is_in(wanted["image_id"], value_set=pa.array(image_ids, pa.string())))
-    out: dict[str, list[dict[str, Any]]] = {}
-    for row in wanted.to_pylist():
-        out.setdefault(row["image_id"], []).append(row)
-    return out
+@dataclass
+class _Selection:
+    """What the page shows of a run, chosen shard by shard: at most ``limit`` images of each
+    list and their regions are held, whatever the size of the run."""
+
+    limit: int
+    ranked: pa.Table  # the most doubtful labeled images, in review order
+    alone: pa.Table  # the first one-class images, in key order
+    failed: pa.Table  # the first failed images, in key order
+    one_class: dict[str, int] = field(default_factory=dict)  # of those shown
+    regions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # of those shown
+    labeled: int = 0
+    ranked_count: int = 0
+    one_class_count: int = 0
+    failed_count: int = 0
+    class_counts: dict[int, int] = field(default_factory=dict)
+
+    def add(self, part: Part, background: int | None) -> None:
+        images, ok = part.images, pc.equal(part.images["status"], "ok")
+        labeled = images.filter(ok)
+        alone = one_class_images(labeled, part.regions, background)
+        apart = pc.is_in(labeled["image_id"], value_set=pa.array(list(alone), pa.string()))
+        ranked = labeled.filter(pc.invert(apart))
+        self.labeled += labeled.num_rows
+        self.ranked_count += ranked.num_rows
+        self.one_class_count += len(alone)
+        self.failed_count += images.num_rows - labeled.num_rows
+        for item in pc.value_counts(part.regions["class_id"]).to_pylist():
+            class_id, count = item["values"], item["counts"]
+            self.class_counts[class_id] = self.class_counts.get(class_id, 0) + count
+        self.ranked = review_order(pa.concat_tables([self.ranked, ranked])).slice(0, self.limit)
+        self.alone = pa.concat_tables([self.alone, labeled.filter(apart)]).slice(0, self.limit)
+        self.failed = pa.concat_tables([self.failed, images.filter(pc.invert(ok))]).slice(
+            0, self.limit
+        )
+        shown = {*self.ranked["image_id"].to_pylist(), *self.alone["image_id"].to_pylist()}
+        self.one_class = {i: c for i, c in {**self.one_class, **alone}.items() if i in shown}
+        kept = {i: rows for i, rows in self.regions.items() if i in shown}
+        mine = pc.is_in(part.regions["image_id"], value_set=pa.array(sorted(shown), pa.string()))
+        for row in part.regions.filter(mine).select(["image_id", "class_id", "rle"]).to_pylist():
+            kept.setdefault(row["image_id"], []).append(row)
+        self.regions = kept
+
+
+def _select(view: RunView, limit: int) -> _Selection:
+    empty = IMAGES_SCHEMA.empty_table()
+    chosen = _Selection(limit, empty, empty, empty)
+    for part in view.parts(regions=("image_id", "class_id", "rle", "area")):
+        chosen.add(part, view.background)
+    return chosen
 
 
 def _originals(images: Sequence[Mapping[str, Any]], manifest: RunManifest) -> dict[str, Storage]:

@@ -18,7 +18,7 @@ brush masks are decoded from Label Studio's RLE.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,7 +91,7 @@ def push_record(view: RunView) -> PushRecord | None:
 @dataclass(frozen=True, slots=True)
 class PullSummary:
     project_id: int
-    written: tuple[str, ...]  # URIs, masks first
+    written: tuple[str, ...]  # the folder's index files (index.csv names every mask)
     masks: int  # reviewed tasks, one mask each
     unannotated: int  # prelabel's tasks with no annotation but cancelled ones
     foreign: int  # tasks prelabel did not push, left out
@@ -183,18 +183,15 @@ def pull(client: LabelStudio, title: str, out: str) -> PullSummary:
             shapes = _shapes(annotation["result"], names, size["width"], size["height"], where)
             reviewed[image["image_id"]] = (size, shapes, where)
 
-    def painted(image: dict[str, Any]) -> npt.NDArray[np.uint8]:
-        size, shapes, where = reviewed[image["image_id"]]
-        return _paint(shapes, size["height"], size["width"], background, where)
+    def painted() -> Iterator[tuple[dict[str, Any], npt.NDArray[np.uint8]]]:
+        for image in images:
+            if image["image_id"] in reviewed:
+                size, shapes, where = reviewed[image["image_id"]]
+                yield image, _paint(shapes, size["height"], size["width"], background, where)
 
+    # Named over every pushed image, as the export names them.
     written = write_mask_folder(
-        storage_for(out),
-        out,
-        names,
-        background,
-        [image for image in images if image["image_id"] in reviewed],
-        mask_names(images),  # over every pushed image, as the export names them
-        painted,
+        storage_for(out), out, names, background, mask_names(images), painted()
     )
     return PullSummary(
         project_id, written, len(reviewed), len(ours) - len(reviewed), len(tasks) - len(ours)

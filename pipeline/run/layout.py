@@ -30,6 +30,11 @@ class RunLayout:
         return self.storage.join(self.root, "images", f"{shard_id}.parquet")
 
     @property
+    def index(self) -> str:
+        """The latest row per image, for the shards it names (``pipeline.run.ledger``)."""
+        return self.storage.join(self.root, "index.parquet")
+
+    @property
     def pushed(self) -> str:
         """Where the run's images went in Label Studio (``pipeline.review.sync``)."""
         return self.storage.join(self.root, "review", "label-studio.json")

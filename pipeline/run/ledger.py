@@ -5,41 +5,59 @@ Shard files are append-only. Every annotate pass over a folder is a new generati
 regions that count are those of the shard holding its latest row. The images file of a shard is
 written after its records file, so an images row always has its regions on disk: a crash between
 the two leaves an unreferenced records file that nothing reads.
+
+``index.parquet`` keeps the latest row per key, in a few columns, for the shards it names:
+a rerun reads it and only the shards that landed since, not every shard of a large run. It
+is derived data, rebuilt from the shards whenever it is missing, unreadable or names a shard
+that is gone (moved aside as damaged).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from numpy import flatnonzero
 
 from pipeline.errors import PrelabelError
 from pipeline.run.layout import RunLayout
-from pipeline.run.tables import IMAGES_SCHEMA, REGIONS_SCHEMA
+from pipeline.run.tables import IMAGES_SCHEMA, write_table
 from pipeline.storage import NotFoundError, ObjectInfo
 
 _SHARD_FILE = re.compile(r"shard-(\d{4})-\d{5}\.parquet")
 _PARQUET_MAGIC = b"PAR1"  # a Parquet file's last four bytes, after its footer's length
+# What a plan, a check and an export need of each image's latest row; the rest stays in shards.
+INDEX_SCHEMA = pa.schema(
+    [
+        IMAGES_SCHEMA.field(name)
+        for name in (
+            "key",
+            "image_id",
+            "shard",
+            "status",
+            "retryable",
+            "etag",
+            "model_version",
+            "config_hash",
+            "region_count",
+        )
+    ]
+)
+_COVERED = b"prelabel.shards"  # the index's metadata: the shard ids whose rows it holds
 
 log = logging.getLogger(__name__)
 
 
 class LedgerConflictError(PrelabelError):
     """The run folder holds labels from another model or config; mixing them would be wrong."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    etag: str
-    status: str
-    retryable: bool
 
 
 class DamagedShardError(PrelabelError):
@@ -63,39 +81,65 @@ class Damage:
 
 @dataclass(frozen=True, slots=True)
 class Ledger:
-    """The latest row per image key, and the shard files that hold them."""
+    """The latest row per image key (``INDEX_SCHEMA``), and the shard files that hold them."""
 
     images: pa.Table  # latest row per key, sorted by key
     shards: tuple[str, ...]  # every shard with a readable images file, in generation order
     damaged: tuple[Damage, ...] = ()  # shards whose images file cannot be parsed, left out
+    merged: int = 0  # shards read whole because the index did not hold them yet
+    indexed: frozenset[str] = frozenset()  # shards known from the index, their files unread
 
     @classmethod
-    def load(cls, layout: RunLayout) -> Ledger:
-        """Every shard's images file. A listing or read that fails raises: taking a run folder
-        that could not be read for an empty one would label everything again over it."""
-        tables, shards, damaged = [], [], []
-        for shard in _shard_ids(layout):
+    def load(cls, layout: RunLayout, *, use_index: bool = True) -> Ledger:
+        """The index plus every shard that landed since it was written (every shard without
+        ``use_index``). A listing or read that fails raises: taking a run folder that could
+        not be read for an empty one would label everything again over it."""
+        present = _shard_ids(layout)
+        indexed = _read_index(layout, present) if use_index else None
+        covered = set(indexed[1]) if indexed else set()
+        tables = [indexed[0]] if indexed else []
+        shards, damaged = [s for s in present if s in covered], []
+        for shard in (s for s in present if s not in covered):
             try:
-                tables.append(_read(layout, layout.images(shard), IMAGES_SCHEMA))
+                images = read_shard_file(layout, layout.images(shard), IMAGES_SCHEMA)
+                tables.append(images.select(INDEX_SCHEMA.names))
                 shards.append(shard)
             except DamagedShardError as exc:
                 damaged.append(exc.damage)
-        every = pa.concat_tables(tables) if tables else IMAGES_SCHEMA.empty_table()
-        return cls(images=_latest_per_key(every), shards=tuple(shards), damaged=tuple(damaged))
+        every = pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table()
+        return cls(
+            images=_latest_per_key(every),
+            shards=tuple(sorted(shards)),
+            damaged=tuple(damaged),
+            merged=len(shards) - len(covered),
+            indexed=frozenset(covered),
+        )
 
-    def damaged_records(self, layout: RunLayout) -> list[Damage]:
-        """Shards whose records file is missing or does not end as a Parquet file does (a
-        truncated copy): found from each file's last bytes, without reading the rest."""
+    def save_index(self, layout: RunLayout) -> None:
+        """Write the index when shards were merged into it; by a run under the folder's lease."""
+        if not self.merged:
+            return
+        covered = json.dumps(list(self.shards)).encode()
+        table = self.images.replace_schema_metadata({_COVERED: covered})
+        write_table(layout.storage, layout.index, table)
+
+    def damaged_files(self, layout: RunLayout) -> list[Damage]:
+        """Shards whose records file, or images file known only from the index, is missing or
+        does not end as a Parquet file does (a truncated copy): found from each file's last
+        bytes, without reading the rest."""
         found = []
         for shard in self.shards:
-            uri = layout.records(shard)
-            try:
-                tail = layout.storage.read_tail(uri, 8)
-            except NotFoundError:
-                found.append(Damage(shard, uri, "missing"))
-                continue
-            if len(tail) < 8 or tail[4:] != _PARQUET_MAGIC:
-                found.append(Damage(shard, uri, "truncated: no Parquet footer"))
+            uris = [layout.records(shard)]
+            uris += [layout.images(shard)] if shard in self.indexed else []
+            for uri in uris:
+                try:
+                    tail = layout.storage.read_tail(uri, 8)
+                except NotFoundError:
+                    found.append(Damage(shard, uri, "missing"))
+                    break
+                if len(tail) < 8 or tail[4:] != _PARQUET_MAGIC:
+                    found.append(Damage(shard, uri, "truncated: no Parquet footer"))
+                    break
         return found
 
     @property
@@ -116,51 +160,18 @@ class Ledger:
                     "write this run to a new --out folder"
                 )
 
-    def todo(self, items: Iterable[ObjectInfo]) -> list[ObjectInfo]:
+    def todo(self, items: Sequence[ObjectInfo]) -> list[ObjectInfo]:
         """Images that are new, changed since they were labeled, or failed for a reason outside
-        the file; an image that failed as bad input is not retried until its bytes change."""
-        done = {
-            row["key"]: _Entry(row["etag"], row["status"], row["retryable"])
-            for row in self.images.select(["key", "etag", "status", "retryable"]).to_pylist()
-        }
-        return [
-            item
-            for item in items
-            if (entry := done.get(item.key)) is None
-            or entry.etag != item.etag
-            or (entry.status != "ok" and entry.retryable)
-        ]
-
-    def regions(self, layout: RunLayout) -> pa.Table:
-        """The regions of each image's latest row, in key order, then region order."""
-        order = {key: n for n, key in enumerate(self.images.column("key").to_pylist())}
-        winners: dict[str, list[str]] = {}
-        for image_id, shard in zip(
-            self.images.column("image_id").to_pylist(),
-            self.images.column("shard").to_pylist(),
-            strict=True,
-        ):
-            winners.setdefault(shard, []).append(image_id)
-        parts = []
-        for shard, image_ids in winners.items():
-            table = _read(layout, layout.records(shard), REGIONS_SCHEMA)
-            parts.append(table.filter(pc.is_in(table.column("image_id"), pa.array(image_ids))))
-        if not parts:
-            return REGIONS_SCHEMA.empty_table()
-        regions = pa.concat_tables(parts)
-        key_of = dict(
-            zip(
-                self.images.column("image_id").to_pylist(),
-                self.images.column("key").to_pylist(),
-                strict=True,
-            )
-        )
-        rank = pa.array([order[key_of[i]] for i in regions.column("image_id").to_pylist()])
-        return (
-            regions.append_column("_rank", rank)
-            .sort_by([("_rank", "ascending"), ("region_index", "ascending")])
-            .drop_columns(["_rank"])
-        )
+        the file; an image that failed as bad input is not retried until its bytes change.
+        Matched column-wise: a listing holds millions of images."""
+        if not items:
+            return []
+        at = pc.index_in(pa.array([i.key for i in items], pa.string()), self.images["key"])
+        held = self.images.take(at)
+        changed = pc.not_equal(held["etag"], pa.array([i.etag for i in items], pa.string()))
+        retry = pc.and_(pc.not_equal(held["status"], "ok"), held["retryable"])
+        wanted = pc.fill_null(pc.or_(changed, retry), True)
+        return [items[n] for n in flatnonzero(wanted.to_numpy(zero_copy_only=False)).tolist()]
 
 
 def quarantine(layout: RunLayout, damage: Damage) -> str:
@@ -193,20 +204,44 @@ def _shard_ids(layout: RunLayout) -> tuple[str, ...]:
     )
 
 
-def _read(layout: RunLayout, uri: str, schema: pa.Schema) -> pa.Table:
-    """A shard file; storage errors pass through (the run stops), a file that is there but
-    does not parse is ``DamagedShardError``."""
+def read_shard_file(
+    layout: RunLayout, uri: str, schema: pa.Schema, columns: Sequence[str] | None = None
+) -> pa.Table:
+    """A shard file (only ``columns`` of it, if given); storage errors pass through (the run
+    stops), a file that is there but does not parse is ``DamagedShardError``."""
     data = layout.storage.read(uri)
     try:
-        return pq.read_table(io.BytesIO(data), schema=schema)
+        return pq.read_table(io.BytesIO(data), schema=schema, columns=columns)
     except (pa.ArrowException, OSError, ValueError) as exc:  # OSError: a page header or codec
         shard = _SHARD_FILE.search(uri)
         name = shard[0].removesuffix(".parquet") if shard else uri
         raise DamagedShardError(Damage(name, uri, str(exc).splitlines()[0])) from exc
 
 
+def _read_index(layout: RunLayout, present: Sequence[str]) -> tuple[pa.Table, list[str]] | None:
+    """The index, or None where it must be rebuilt: missing, unreadable, of another schema, or
+    naming a shard that is no longer there (its rows may hide older rows of the same keys)."""
+    try:
+        data = layout.storage.read(layout.index)
+    except NotFoundError:
+        return None
+    try:
+        table = pq.read_table(io.BytesIO(data), schema=INDEX_SCHEMA)
+        covered = json.loads(pq.read_schema(io.BytesIO(data)).metadata[_COVERED])
+    except (pa.ArrowException, OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: unreadable (%s); rebuilding it from the shards", layout.index, exc)
+        return None
+    if not isinstance(covered, list) or not set(covered) <= set(present):
+        return None
+    return table.replace_schema_metadata(None), covered
+
+
 def _latest_per_key(images: pa.Table) -> pa.Table:
-    """Rows come in generation order, so the last row of each key is the latest."""
-    keys = images.column("key").to_pylist()
-    last = {key: n for n, key in enumerate(keys)}
-    return images.take(pa.array(sorted(last.values(), key=lambda n: keys[n]), pa.int64()))
+    """Shard ids sort by generation and one generation labels a key once, so a key's latest
+    row is the one with the greatest shard id."""
+    if not images.num_rows:
+        return images
+    ordered = images.sort_by([("key", "ascending"), ("shard", "descending")])
+    keys = ordered["key"].combine_chunks()
+    keep = pa.concat_arrays([pa.array([True]), pc.not_equal(keys[1:], keys[:-1])])
+    return ordered.filter(keep).combine_chunks()

@@ -47,7 +47,7 @@ class Health:
 
 def verify_run(layout: RunLayout) -> Health:
     health = Health()
-    ledger = Ledger.load(layout)
+    ledger = Ledger.load(layout, use_index=False)  # every shard, as it is on disk
     if not (ledger.shards or ledger.damaged or layout.storage.exists(layout.manifest)):
         raise PrelabelError(f"{layout.root}: not a run folder (no shard files, no run.json)")
     for damage in ledger.damaged:

@@ -1,9 +1,11 @@
-"""What every exporter reads: a run's model, class names and merged tables, never the model."""
+"""What every exporter reads: a run's model, class names and labels, shard by shard."""
 
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,8 +17,9 @@ from pydantic_core import PydanticCustomError
 
 from pipeline.errors import PrelabelError
 from pipeline.run.layout import RunLayout
-from pipeline.run.ledger import DamagedShardError, Ledger
+from pipeline.run.ledger import DamagedShardError, Ledger, read_shard_file
 from pipeline.run.manifest import ModelInfo, RunManifest
+from pipeline.run.tables import IMAGES_SCHEMA, REGIONS_SCHEMA
 from pipeline.storage import NotFoundError, is_uri, storage_for
 
 
@@ -59,29 +62,134 @@ class ExportOptions(BaseModel):
         return self
 
 
-@dataclass(frozen=True, slots=True)
-class RunView:
-    layout: RunLayout
-    model: ModelInfo
-    background: int | None  # the class that has no regions, left out of label lists
-    images: pa.Table  # every image's latest row (ok and failed), in key order
-    regions: pa.Table  # the regions of those rows, in key order, then region order
+REGION_COLUMNS: tuple[str, ...] = tuple(REGIONS_SCHEMA.names)
 
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.model.class_names
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """Consecutive images of a run in key order, with their regions: what an export writes at a
+    time, so its memory is one shard's whatever the size of the run."""
+
+    images: pa.Table  # full image rows (``IMAGES_SCHEMA``), ok and failed
+    regions: pa.Table  # their regions (the columns asked for), in key, then region order
 
     def ok_images(self) -> list[dict[str, Any]]:
         return [row for row in self.images.to_pylist() if row["status"] == "ok"]
 
 
-def view_of(layout: RunLayout, model: ModelInfo, background: int | None) -> RunView:
+class RunView:
+    """A run's model, class names and labels; the labels are read shard by shard (``parts``).
+
+    ``images`` and ``regions`` hold the whole run at once, for readers that need it whole."""
+
+    def __init__(
+        self, layout: RunLayout, model: ModelInfo, background: int | None, ledger: Ledger
+    ) -> None:
+        self.layout = layout
+        self.model = model
+        self.background = background  # the class that has no regions, left out of label lists
+        self.index = ledger.images  # every image's latest row (``INDEX_SCHEMA``), in key order
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.model.class_names
+
+    @property
+    def image_count(self) -> int:
+        return int(self.index.num_rows)
+
+    @property
+    def region_count(self) -> int:
+        return int(pc.sum(self.index["region_count"]).as_py() or 0)
+
+    def parts(self, regions: Sequence[str] | None = REGION_COLUMNS) -> Iterator[Part]:
+        """The run in key order, in runs of images whose latest rows share a shard file. Each
+        shard is read once, when its first image comes up, and let go after its last, so a
+        run labeled in one pass holds one shard at a time. ``regions``: the region columns to
+        read; None reads no records file."""
+        shards = self.index["shard"].combine_chunks().dictionary_encode()
+        codes = shards.indices.to_numpy()
+        if not len(codes):
+            return
+        starts = np.flatnonzero(np.diff(codes)) + 1
+        bounds = zip(np.r_[0, starts].tolist(), np.r_[starts, len(codes)].tolist(), strict=True)
+        by_shard = np.argsort(codes, kind="stable")
+        first = np.r_[0, np.cumsum(np.bincount(codes, minlength=len(shards.dictionary)))]
+        last = np.zeros(len(shards.dictionary), np.int64)
+        last[codes] = np.arange(len(codes))
+        image_ids = self.index["image_id"].combine_chunks()
+        open_shards: dict[int, _OpenShard] = {}
+        for begin, end in bounds:
+            code = int(codes[begin])
+            if code not in open_shards:
+                rows = by_shard[first[code] : first[code + 1]]
+                open_shards[code] = _OpenShard.read(
+                    self.layout, str(shards.dictionary[code]), image_ids.take(rows), regions
+                )
+            yield open_shards[code].next(end - begin)
+            if last[code] == end - 1:
+                del open_shards[code]
+
+    @cached_property
+    def images(self) -> pa.Table:
+        """Every image's latest full row (ok and failed), in key order."""
+        tables = [part.images for part in self.parts(regions=None)]
+        return pa.concat_tables(tables) if tables else IMAGES_SCHEMA.empty_table()
+
+    @cached_property
+    def regions(self) -> pa.Table:
+        """The regions of those rows, in key order, then region order."""
+        tables = [part.regions for part in self.parts()]
+        return pa.concat_tables(tables) if tables else REGIONS_SCHEMA.empty_table()
+
+    def ok_images(self) -> list[dict[str, Any]]:
+        return [row for row in self.images.to_pylist() if row["status"] == "ok"]
+
+
+class _OpenShard:
+    """One shard's winning images sorted by key and their regions grouped by image, handed
+    out front to back as the run's key order reaches them."""
+
+    def __init__(self, images: pa.Table, regions: pa.Table, offsets: list[int]) -> None:
+        self.images, self.regions, self.offsets = images, regions, offsets
+        self.at = 0
+
+    @classmethod
+    def read(
+        cls, layout: RunLayout, shard: str, winners: pa.Array, columns: Sequence[str] | None
+    ) -> _OpenShard:
+        images = read_shard_file(layout, layout.images(shard), IMAGES_SCHEMA)
+        images = images.filter(pc.is_in(images["image_id"], winners)).sort_by("key")
+        if columns is None:
+            return cls(images, REGIONS_SCHEMA.empty_table(), [0] * (images.num_rows + 1))
+        wanted = list(dict.fromkeys(["image_id", "region_index", *columns]))
+        regions = read_shard_file(layout, layout.records(shard), REGIONS_SCHEMA, wanted)
+        rank = pc.index_in(regions["image_id"], images["image_id"])
+        regions = regions.append_column("_rank", rank).filter(pc.is_valid(rank))
+        regions = regions.sort_by([("_rank", "ascending"), ("region_index", "ascending")])
+        counts = np.bincount(regions["_rank"].to_numpy(), minlength=images.num_rows)
+        offsets = np.r_[0, np.cumsum(counts)].tolist()
+        return cls(images, regions.select(list(columns)), offsets)
+
+    def next(self, count: int) -> Part:
+        begin, end = self.at, self.at + count
+        self.at = end
+        low, high = self.offsets[begin], self.offsets[end]
+        return Part(self.images.slice(begin, count), self.regions.slice(low, high - low))
+
+
+def view_of(
+    layout: RunLayout, model: ModelInfo, background: int | None, *, save_index: bool = False
+) -> RunView:
     """Raises ``DamagedShardError`` for the first shard file that cannot be parsed: an export
-    that left its images out would look complete and not be."""
+    that left its images out would look complete and not be. ``save_index``: by a run that
+    holds the folder's lease, so that the next one reads the shards merged here from it."""
     ledger = Ledger.load(layout)
     if ledger.damaged:
         raise DamagedShardError(ledger.damaged[0])
-    view = RunView(layout, model, background, ledger.images, ledger.regions(layout))
+    if save_index:
+        ledger.save_index(layout)
+    view = RunView(layout, model, background, ledger)
     check_label_map(view)
     return view
 
@@ -111,23 +219,29 @@ def _finished(out: str) -> tuple[RunLayout, RunManifest]:
 
 
 def check_label_map(view: RunView) -> None:
-    """Names unique and non-empty, every region's class and box inside the label map and image."""
+    """Names unique and non-empty, every region's class and box inside the label map and image:
+    checked over the whole run before any export is written, so none stops half-way."""
     names = view.class_names
     if not names or any(not name.strip() for name in names):
         raise ExportError(f"{view.layout.root}: class names must be non-empty, got {list(names)}")
     if len(set(names)) != len(names):
         raise ExportError(f"{view.layout.root}: class names are not unique: {list(names)}")
-    regions = view.regions
+    for part in view.parts(regions=("image_id", "class_id", "bbox")):
+        _check_regions(view, part)
+
+
+def _check_regions(view: RunView, part: Part) -> None:
+    """Column-wise: a run holds hundreds of regions per image."""
+    regions, names = part.regions, view.class_names
     if not regions.num_rows:
         return
-    # Column-wise: a run holds hundreds of regions per image.
     class_ids = regions.column("class_id").to_numpy()
     boxes = np.asarray(pc.list_flatten(regions.column("bbox")).to_numpy()).reshape(-1, 4)
-    index = pc.index_in(regions.column("image_id"), value_set=view.images.column("image_id"))
+    index = pc.index_in(regions.column("image_id"), value_set=part.images.column("image_id"))
     found = index.is_valid().to_numpy(zero_copy_only=False)
     rows = index.fill_null(0).to_numpy()
-    widths = view.images.column("width").fill_null(0).to_numpy()[rows]
-    heights = view.images.column("height").fill_null(0).to_numpy()[rows]
+    widths = part.images.column("width").fill_null(0).to_numpy()[rows]
+    heights = part.images.column("height").fill_null(0).to_numpy()[rows]
     x, y, w, h = boxes.T
     bad_class = (class_ids < 0) | (class_ids >= len(names))
     bad_box = ~found | (x < 0) | (y < 0) | (w <= 0) | (h <= 0)

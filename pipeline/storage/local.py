@@ -10,8 +10,9 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
-from deeplab.files import write_atomic
+from deeplab.files import open_atomic, write_atomic
 from pipeline.storage.base import NotFoundError, ObjectInfo, StorageError, printable
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,15 @@ class LocalStorage:
     def write_atomic(self, uri: str, data: bytes) -> None:
         try:
             write_atomic(Path(uri), data)
+        except OSError as exc:
+            raise _local_error(uri, "cannot write", exc) from exc
+
+    @contextmanager
+    def write_stream(self, uri: str) -> Iterator[BinaryIO]:
+        """A file to write piece by piece; it replaces ``uri`` whole when the block ends."""
+        try:
+            with open_atomic(Path(uri)) as file:
+                yield file
         except OSError as exc:
             raise _local_error(uri, "cannot write", exc) from exc
 

@@ -10,11 +10,14 @@ nothing here turns a key into a local path.
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from collections.abc import Iterator
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, BinaryIO
 
 import boto3  # type: ignore[import-untyped]
+from boto3.exceptions import S3UploadFailedError  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
@@ -151,6 +154,20 @@ class S3Storage:
             self.client.put_object(Bucket=bucket, Key=key, Body=data)
         except (ClientError, BotoCoreError) as exc:
             raise _error(uri, "cannot write", exc) from exc
+
+    @contextmanager
+    def write_stream(self, uri: str) -> Iterator[BinaryIO]:
+        """Spooled to a local temp file, then uploaded when the block ends (in parts when it
+        is large): memory stays flat whatever the size, and S3 shows the object only whole.
+        A block that raises uploads nothing."""
+        bucket, key = split_uri(uri)
+        with tempfile.TemporaryFile() as spool:
+            yield spool
+            spool.seek(0)
+            try:
+                self.client.upload_fileobj(spool, bucket, key)
+            except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
+                raise _error(uri, "cannot write", exc) from exc
 
     def exists(self, uri: str) -> bool:
         bucket, key = split_uri(uri)

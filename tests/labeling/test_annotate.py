@@ -55,6 +55,7 @@ def test_run_folder_holds_records_images_coco_and_manifest(
         "exports/coco.json",
         "images/shard-0000-00000.parquet",
         "images/shard-0000-00001.parquet",
+        "index.parquet",
         "records/shard-0000-00000.parquet",
         "records/shard-0000-00001.parquet",
         "run.json",

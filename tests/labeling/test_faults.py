@@ -23,9 +23,8 @@ from deeplab.scenes import scenes
 from pipeline.config import RunConfig
 from pipeline.labeling.annotate import annotate
 from pipeline.run.layout import RunLayout
-from pipeline.run.ledger import Ledger
 from pipeline.storage import storage_for
-from tests.helpers import TIMING, assert_same_labels, make_images, slow_reads
+from tests.helpers import TIMING, assert_same_labels, latest, make_images, slow_reads
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -76,9 +75,7 @@ IMAGES = {f"scene {n:02d}.png": _png(500 + n) for n in range(12)}
 
 
 def _tables(out: str) -> tuple[pa.Table, pa.Table]:
-    layout = RunLayout(storage_for(out), out)
-    ledger = Ledger.load(layout)
-    return ledger.images, ledger.regions(layout)
+    return latest(RunLayout(storage_for(out), out))
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +197,7 @@ def test_forty_percent_of_requests_failing_loses_nothing_over_passes(
     assert not [k for k in keys if "probe" in k or k.endswith("lease.json")]
     assert all(
         re.fullmatch(
-            r"runs/faulty/(run\.json|exports/coco\.json|"
+            r"runs/faulty/(run\.json|index\.parquet|exports/coco\.json|"
             r"(images|records)/shard-\d{4}-\d{5}\.parquet)",
             k,
         )

@@ -20,8 +20,6 @@ from PIL import Image
 from pipeline.config import RunConfig
 from pipeline.labeling.annotate import RunSummary, annotate
 from pipeline.labeling.decode import DecodeError, decode_image
-from pipeline.run.layout import RunLayout
-from pipeline.run.ledger import Ledger
 from pipeline.storage import LocalStorage
 from tests.helpers import make_images, merged
 from tests.hostile import Bad, Good, build, png_header_only
@@ -80,9 +78,7 @@ def test_the_run_labels_the_good_and_records_the_bad(
 ) -> None:
     folder, good, bad = hostile
     summary, config = run
-    rows = {
-        r["key"]: r for r in Ledger.load(RunLayout(LocalStorage(), config.out)).images.to_pylist()
-    }
+    rows = {r["key"]: r for r in merged(Path(config.out))[0].to_pylist()}
     assert set(rows) == set(good) | set(bad)
     for name, expected in good.items():
         row = rows[name]
@@ -109,7 +105,7 @@ def test_exif_orientations_5_to_8_swap_width_and_height(
     hostile: Hostile, run: tuple[RunSummary, RunConfig]
 ) -> None:
     # The stored size comes from the file, the rule from the EXIF standard: 5 to 8 transpose.
-    rows = Ledger.load(RunLayout(LocalStorage(), run[1].out)).images.to_pylist()
+    rows = merged(Path(run[1].out))[0].to_pylist()
     sizes = {r["key"]: (r["width"], r["height"]) for r in rows}
     for orientation in range(1, 9):
         name = f"orientation-{orientation}.jpg"

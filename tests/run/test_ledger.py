@@ -15,6 +15,7 @@ from pipeline.run.layout import RunLayout
 from pipeline.run.ledger import Ledger, LedgerConflictError
 from pipeline.run.tables import REGIONS_SCHEMA, images_table, regions_table, write_table
 from pipeline.storage import LocalStorage, ObjectInfo
+from tests.helpers import latest
 from tests.runs import CLASS_NAMES, image_record
 
 
@@ -88,7 +89,7 @@ def test_a_rerun_labels_new_changed_and_retryable_images_only(layout: RunLayout)
 
 
 def test_regions_are_those_of_each_images_latest_row_in_key_order(layout: RunLayout) -> None:
-    regions = Ledger.load(layout).regions(layout)
+    regions = latest(layout)[1]
     assert regions.column("image_id").to_pylist() == ["id-a", "id-b"]
     # b's region is the one of generation 1 (a 3x3 square), not generation 0's 2x2.
     assert regions.column("area").to_pylist() == [4, 9]
@@ -110,7 +111,7 @@ def test_damaged_files_are_named_and_the_rest_still_loads(layout: RunLayout) -> 
     ledger = Ledger.load(layout)
     assert [d.shard for d in ledger.damaged] == ["shard-0001-00001"]
     assert ledger.images.column("key").to_pylist() == ["a", "b", "c"]
-    assert [(d.shard, d.reason) for d in ledger.damaged_records(layout)] == [
+    assert [(d.shard, d.reason) for d in ledger.damaged_files(layout)] == [
         ("shard-0000-00000", "missing")
     ]
 
@@ -118,3 +119,69 @@ def test_damaged_files_are_named_and_the_rest_still_loads(layout: RunLayout) -> 
 def test_an_empty_folder_is_an_empty_ledger(tmp_path: Path) -> None:
     ledger = Ledger.load(RunLayout(LocalStorage(), str(tmp_path / "none")))
     assert ledger.images.num_rows == 0 and ledger.shards == () and ledger.next_generation == 0
+
+
+def _reading(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The shard files every later ``storage.read`` opens, by folder and name."""
+    reads: list[str] = []
+    real = LocalStorage.read
+
+    def counted(self: LocalStorage, uri: str) -> bytes:
+        reads.append("/".join(Path(uri).parts[-2:]))
+        return real(self, uri)
+
+    monkeypatch.setattr(LocalStorage, "read", counted)
+    return reads
+
+
+def test_a_saved_index_is_read_instead_of_the_shards_it_holds(
+    layout: RunLayout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = Ledger.load(layout)
+    assert full.merged == 3
+    full.save_index(layout)
+    _shard(layout, "shard-0002-00000", [("b", "e3", "ok", False), ("e", "e1", "ok", False)])
+    reads = _reading(monkeypatch)
+    ledger = Ledger.load(layout)
+    assert reads == ["run/index.parquet", "images/shard-0002-00000.parquet"]
+    assert ledger.merged == 1 and ledger.indexed == set(full.shards)
+    # The same rows as reading every shard, the new shard's winning.
+    assert ledger.images.equals(Ledger.load(layout, use_index=False).images)
+    assert ledger.images.column("etag").to_pylist() == ["e1", "e3", "e1", "e1", "e1"]
+    ledger.save_index(layout)
+    reads.clear()
+    assert Ledger.load(layout).images.equals(ledger.images)
+    assert reads == ["run/index.parquet"]
+
+
+def test_an_index_naming_a_shard_that_is_gone_is_rebuilt(layout: RunLayout) -> None:
+    """A shard moved aside as damaged may have hidden older rows of its keys: they count
+    again, as reading every shard finds them."""
+    Ledger.load(layout).save_index(layout)
+    Path(layout.images("shard-0001-00000")).unlink()
+    ledger = Ledger.load(layout)
+    assert ledger.indexed == set() and ledger.merged == 2
+    assert ledger.images.column("etag").to_pylist() == ["e1", "e1", "e1"]  # b at generation 0
+
+
+def test_an_unreadable_index_is_rebuilt_from_the_shards(
+    layout: RunLayout, caplog: pytest.LogCaptureFixture
+) -> None:
+    Ledger.load(layout).save_index(layout)
+    index = Path(layout.index)
+    index.write_bytes(index.read_bytes()[:50])
+    ledger = Ledger.load(layout)
+    assert ledger.images.equals(Ledger.load(layout, use_index=False).images)
+    assert "rebuilding it from the shards" in caplog.text
+
+
+def test_a_truncated_images_file_known_from_the_index_is_found_by_its_tail(
+    layout: RunLayout,
+) -> None:
+    Ledger.load(layout).save_index(layout)
+    images = Path(layout.images("shard-0001-00001"))
+    images.write_bytes(images.read_bytes()[:-3])
+    damage = Ledger.load(layout).damaged_files(layout)
+    assert [(d.shard, d.reason) for d in damage] == [
+        ("shard-0001-00001", "truncated: no Parquet footer")
+    ]

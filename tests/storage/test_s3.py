@@ -24,10 +24,10 @@ from deeplab.scenes import scenes
 from pipeline.config import RunConfig
 from pipeline.labeling.annotate import RunSummary, annotate
 from pipeline.run.layout import RunLayout
-from pipeline.run.ledger import Ledger
 from pipeline.storage import StorageError, storage_for
 from pipeline.storage.s3 import S3Storage, split_uri
 from pipeline.storage.s3_settings import S3Settings
+from tests.helpers import latest
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -276,9 +276,7 @@ def _config(source: str, out: str) -> RunConfig:
 
 
 def _tables(out: str) -> tuple[pa.Table, pa.Table]:
-    layout = RunLayout(storage_for(out), out)
-    ledger = Ledger.load(layout)
-    return ledger.images, ledger.regions(layout)
+    return latest(RunLayout(storage_for(out), out))
 
 
 def _comparable(images: pa.Table) -> pa.Table:
@@ -362,7 +360,9 @@ def test_no_credential_reaches_the_run_folder_or_the_logs(
             assert secret.encode() not in data and s3_endpoint.access_key_id.encode() not in data
 
 
-_RUN_FILES = re.compile(r"run\.json|exports/coco\.json|(images|records)/shard-\d{4}-\d{5}\.parquet")
+_RUN_FILES = re.compile(
+    r"run\.json|index\.parquet|exports/coco\.json|(images|records)/shard-\d{4}-\d{5}\.parquet"
+)
 
 
 def test_hostile_keys_are_labeled_and_nothing_lands_outside_the_run(

@@ -1,0 +1,83 @@
+"""Exports written shard by shard: the same bytes as the whole-run exports wrote, each shard
+file read once, nothing left behind by an export that fails half-way."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.formats import ExportOptions, export, open_run
+from pipeline.storage import LocalStorage
+from tests.formats.sharded_run import write_sharded_run
+
+GOLDEN = json.loads((Path(__file__).parent / "golden_exports.json").read_text())
+EVERY = ["coco", "label-studio", "cvat", "masks", "parquet"]
+CASES = {
+    "default": (EVERY, ExportOptions()),
+    "brush-wkb": (
+        ["label-studio", "parquet"],
+        ExportOptions(ls_regions="brush", wkb=True, image_url_prefix="https://img.example/"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_streamed_exports_are_byte_for_byte_the_whole_run_ones(case: str, tmp_path: Path) -> None:
+    """``golden_exports.json`` holds the digests the whole-run exporters wrote for this run
+    folder, before exports were streamed."""
+    write_sharded_run(tmp_path)
+    formats, options = CASES[case]
+    export(open_run(str(tmp_path)), formats, options)
+    root = tmp_path / "exports"
+    written = {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+    assert written == GOLDEN[case]
+
+
+def test_each_shard_file_is_read_once_per_pass_in_key_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_sharded_run(tmp_path)
+    view = open_run(str(tmp_path))
+    reads: list[str] = []
+    real = LocalStorage.read
+
+    def counted(self: LocalStorage, uri: str) -> bytes:
+        reads.append(Path(uri).relative_to(tmp_path).as_posix())
+        return real(self, uri)
+
+    monkeypatch.setattr(LocalStorage, "read", counted)
+    parts = list(view.parts())
+    keys = [key for part in parts for key in part.images["key"].to_pylist()]
+    assert keys == sorted(keys) and len(keys) == view.image_count
+    assert len(reads) == len(set(reads))  # the second pass's shards stay open, not re-read
+    assert {r.split("/")[0] for r in reads} == {"images", "records"}
+    assert len(parts) > len(reads) / 2  # interleaved passes: more parts than shards
+    assert sum(p.regions.num_rows for p in parts) == view.region_count
+
+
+def test_an_export_that_fails_half_way_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_sharded_run(tmp_path)
+    view = open_run(str(tmp_path))
+    real = type(view).parts
+
+    def failing(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        for n, part in enumerate(real(self, *args, **kwargs)):
+            if n == 2:
+                raise OSError("disk gone")
+            yield part
+
+    monkeypatch.setattr(type(view), "parts", failing)
+    for name in ("coco", "label-studio", "cvat", "parquet"):
+        with pytest.raises(OSError, match="disk gone"):
+            export(view, [name], ExportOptions())
+    left = [p for p in tmp_path.joinpath("exports").rglob("*") if p.is_file()]
+    assert left == []
