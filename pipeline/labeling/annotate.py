@@ -21,6 +21,7 @@ from pipeline.labeling.model_ids import model_info
 from pipeline.labeling.shard_plan import Shard, ShardStats, plan_shards
 from pipeline.labeling.tally import tally
 from pipeline.retry import retrying
+from pipeline.run.compact import compact
 from pipeline.run.layout import RunLayout
 from pipeline.run.lease import Lease, held_here, holding
 from pipeline.run.lease import verify as verify_lease
@@ -212,7 +213,7 @@ def finish_run(plan: RunPlan) -> RunSummary:
     config, layout = plan.config, plan.layout
     verify_lease(layout.storage, layout.lease, plan.lease)
     try:
-        view = view_of(layout, plan.model, config.regions.background, save_index=True)
+        view = view_of(layout, plan.model, config.regions.background, _maintained(layout, config))
     except DamagedShardError as exc:
         quarantine(layout, exc.damage)
         raise
@@ -257,6 +258,17 @@ def finish_run(plan: RunPlan) -> RunSummary:
         repaired=plan.repaired,
         notes=tuple(notes),
     )
+
+
+def _maintained(layout: RunLayout, config: RunConfig) -> Ledger:
+    """The ledger with small shards compacted and the index brought up to date, so that the
+    exports and the next run read few files."""
+    ledger = Ledger.load(layout)
+    if ledger.damaged:
+        return ledger  # view_of raises for it
+    ledger = compact(layout, ledger, config.shard_size)
+    ledger.save_index(layout)
+    return ledger
 
 
 def finish_if_done(config: RunConfig, lease: str) -> RunSummary | None:

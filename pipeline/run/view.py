@@ -103,32 +103,8 @@ class RunView:
         return int(pc.sum(self.index["region_count"]).as_py() or 0)
 
     def parts(self, regions: Sequence[str] | None = REGION_COLUMNS) -> Iterator[Part]:
-        """The run in key order, in runs of images whose latest rows share a shard file. Each
-        shard is read once, when its first image comes up, and let go after its last, so a
-        run labeled in one pass holds one shard at a time. ``regions``: the region columns to
-        read; None reads no records file."""
-        shards = self.index["shard"].combine_chunks().dictionary_encode()
-        codes = shards.indices.to_numpy()
-        if not len(codes):
-            return
-        starts = np.flatnonzero(np.diff(codes)) + 1
-        bounds = zip(np.r_[0, starts].tolist(), np.r_[starts, len(codes)].tolist(), strict=True)
-        by_shard = np.argsort(codes, kind="stable")
-        first = np.r_[0, np.cumsum(np.bincount(codes, minlength=len(shards.dictionary)))]
-        last = np.zeros(len(shards.dictionary), np.int64)
-        last[codes] = np.arange(len(codes))
-        image_ids = self.index["image_id"].combine_chunks()
-        open_shards: dict[int, _OpenShard] = {}
-        for begin, end in bounds:
-            code = int(codes[begin])
-            if code not in open_shards:
-                rows = by_shard[first[code] : first[code + 1]]
-                open_shards[code] = _OpenShard.read(
-                    self.layout, str(shards.dictionary[code]), image_ids.take(rows), regions
-                )
-            yield open_shards[code].next(end - begin)
-            if last[code] == end - 1:
-                del open_shards[code]
+        """The run in key order, shard by shard (``iter_parts``)."""
+        return iter_parts(self.layout, self.index, regions)
 
     @cached_property
     def images(self) -> pa.Table:
@@ -144,6 +120,36 @@ class RunView:
 
     def ok_images(self) -> list[dict[str, Any]]:
         return [row for row in self.images.to_pylist() if row["status"] == "ok"]
+
+
+def iter_parts(
+    layout: RunLayout, index: pa.Table, regions: Sequence[str] | None = REGION_COLUMNS
+) -> Iterator[Part]:
+    """The images of ``index`` (key-sorted latest rows) in key order, in runs of images whose
+    rows share a shard file. Each shard is read once, when its first image comes up, and let
+    go after its last, so a run labeled in one pass holds one shard at a time (a run of
+    several passes, one per pass). ``regions``: the region columns to read; None reads no
+    records file."""
+    shards = index["shard"].combine_chunks().dictionary_encode()
+    codes = shards.indices.to_numpy()
+    if not len(codes):
+        return
+    starts = np.flatnonzero(np.diff(codes)) + 1
+    bounds = zip(np.r_[0, starts].tolist(), np.r_[starts, len(codes)].tolist(), strict=True)
+    by_shard = np.argsort(codes, kind="stable")  # each shard's positions, ascending
+    first = np.r_[0, np.cumsum(np.bincount(codes, minlength=len(shards.dictionary)))]
+    image_ids = index["image_id"].combine_chunks()
+    open_shards: dict[int, _OpenShard] = {}
+    for begin, end in bounds:
+        code = int(codes[begin])
+        rows = by_shard[first[code] : first[code + 1]]
+        if code not in open_shards:
+            open_shards[code] = _OpenShard.read(
+                layout, str(shards.dictionary[code]), image_ids.take(rows), regions
+            )
+        yield open_shards[code].next(end - begin)
+        if rows[-1] == end - 1:
+            del open_shards[code]
 
 
 class _OpenShard:
@@ -179,16 +185,13 @@ class _OpenShard:
 
 
 def view_of(
-    layout: RunLayout, model: ModelInfo, background: int | None, *, save_index: bool = False
+    layout: RunLayout, model: ModelInfo, background: int | None, ledger: Ledger | None = None
 ) -> RunView:
     """Raises ``DamagedShardError`` for the first shard file that cannot be parsed: an export
-    that left its images out would look complete and not be. ``save_index``: by a run that
-    holds the folder's lease, so that the next one reads the shards merged here from it."""
-    ledger = Ledger.load(layout)
+    that left its images out would look complete and not be. ``ledger``: one just loaded."""
+    ledger = ledger or Ledger.load(layout)
     if ledger.damaged:
         raise DamagedShardError(ledger.damaged[0])
-    if save_index:
-        ledger.save_index(layout)
     view = RunView(layout, model, background, ledger)
     check_label_map(view)
     return view

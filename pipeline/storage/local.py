@@ -113,6 +113,13 @@ class LocalStorage:
         except OSError as exc:
             raise _local_error(uri, "cannot delete", exc) from exc
 
+    def delete(self, uri: str) -> None:
+        """Remove the file; one that is already gone is no error."""
+        try:
+            Path(uri).unlink(missing_ok=True)
+        except OSError as exc:
+            raise _local_error(uri, "cannot delete", exc) from exc
+
     def move(self, uri: str, to: str) -> None:
         try:
             Path(to).parent.mkdir(parents=True, exist_ok=True)

@@ -133,6 +133,14 @@ class S3Storage:
             raise _error(uri, "cannot delete", exc) from exc
         return True
 
+    def delete(self, uri: str) -> None:
+        """Remove the object; S3 answers a missing one as deleted."""
+        bucket, key = split_uri(uri)
+        try:
+            self.client.delete_object(Bucket=bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise _error(uri, "cannot delete", exc) from exc
+
     def move(self, uri: str, to: str) -> None:
         """Copy, then delete: S3 has no rename. A failure between the two leaves both."""
         bucket, key = split_uri(uri)
