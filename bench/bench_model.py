@@ -40,7 +40,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--output-stride", type=int, default=16)
-    parser.add_argument("--models", nargs="*", default=deeplab.list_models())
+    # smp_* are the same networks in smp's layout: named, not benchmarked, by default
+    papers = [m for m in deeplab.list_models() if not m.startswith("smp_")]
+    parser.add_argument("--models", nargs="*", default=papers)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--precision", choices=["float32", "bfloat16", "float16"], default=None)
     args = parser.parse_args()

@@ -41,7 +41,7 @@ class ASPPPooling(nn.Sequential):
 
 class ASPP(nn.Module):
     """One 1x1 branch, one 3x3 atrous branch per rate, image pooling; concat, 1x1 to
-    ``out_channels``, dropout."""
+    ``out_channels``, dropout. ``depthwise_bn`` as in :func:`conv3x3_block`."""
 
     def __init__(
         self,
@@ -51,6 +51,7 @@ class ASPP(nn.Module):
         out_channels: int = 256,
         dropout: float = 0.1,
         separable: bool = False,
+        depthwise_bn: bool = True,
     ) -> None:
         super().__init__()
         if len(rates) != 3 or any(r < 1 for r in rates):
@@ -59,7 +60,14 @@ class ASPP(nn.Module):
             raise ValueError(f"aspp_dropout must be in [0, 1), got {dropout}")
         branches: list[nn.Module] = [ConvBNReLU(in_channels, out_channels, 1)]
         branches += [
-            conv3x3_block(in_channels, out_channels, dilation=r, separable=separable) for r in rates
+            conv3x3_block(
+                in_channels,
+                out_channels,
+                dilation=r,
+                separable=separable,
+                depthwise_bn=depthwise_bn,
+            )
+            for r in rates
         ]
         branches.append(ASPPPooling(in_channels, out_channels))
         self.rates = tuple(rates)

@@ -1,4 +1,4 @@
-"""Checkpoint files: the project's own format, and torchvision / VainF files read safely.
+"""Checkpoint files: the project's own format, and torchvision / VainF / smp files read safely.
 
 The own format is one safetensors file whose header metadata holds the :class:`ModelMeta` JSON,
 so weights and what they mean travel together. Foreign ``.pth`` files are read with
@@ -59,8 +59,9 @@ def load(
 ) -> tuple[DeepLab, ModelMeta]:
     """Build the model a checkpoint describes and load its weights (strictly), on the CPU.
 
-    Takes the project's own files and torchvision or VainF/DeepLabV3Plus-Pytorch files; the
-    family and architecture of a foreign file come from its keys. ``arch``, ``classes`` and
+    Takes the project's own files and torchvision, VainF/DeepLabV3Plus-Pytorch or
+    segmentation_models_pytorch files; the family and architecture of a foreign file come from
+    its keys. ``arch``, ``classes`` and
     ``output_stride`` override what a foreign file cannot say (own files already say it all).
     """
     path = Path(path)

@@ -1,4 +1,5 @@
-"""Foreign state dicts (torchvision, VainF/DeepLabV3Plus-Pytorch) renamed to this library's keys.
+"""Foreign state dicts (torchvision, VainF/DeepLabV3Plus-Pytorch, smp) renamed to this library's
+keys (smp's in :mod:`deeplab.convert_smp`).
 
 Everything here is pure: a mapping of tensors in, a mapping out, so it is testable without files.
 Every foreign key is either renamed or dropped on purpose; ``load_state_dict(strict=True)`` then
@@ -66,7 +67,7 @@ def convert_state_dict(
         elif rule[1] is not None:
             out[re.sub(rule[0], rule[1], key, count=1)] = value
     if unmatched:
-        raise CheckpointError(f"{source}: no rule for keys {_preview(unmatched)}")
+        raise CheckpointError(f"{source}: no rule for keys {preview(unmatched)}")
     return out
 
 
@@ -88,12 +89,16 @@ def strip_data_parallel(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def detect(state: Mapping[str, Tensor], source: str, output_stride: int | None) -> Detected:
-    """Tell torchvision and VainF files apart, and their backbone and head, from key names.
+    """Tell torchvision, VainF and smp files apart, and their backbone and head, from key names.
 
     Output stride is not in the weights: torchvision's are fixed by its builders (ResNet OS8,
-    MobileNetV3 OS16), VainF's default to OS16 as its training script does; ``output_stride``
-    overrides.
+    MobileNetV3 OS16), VainF's default to OS16 as its training script does, smp's to its own
+    defaults; ``output_stride`` overrides.
     """
+    from deeplab import convert_smp  # imported here: it imports this module
+
+    if convert_smp.is_smp(state):
+        return convert_smp.detect_smp(state, source, output_stride)
     if "classifier.0.convs.0.0.weight" in state:
         backbone = _backbone_of(state, source, family="torchvision")
         fixed = 8 if backbone.startswith("resnet") else 16
@@ -118,8 +123,8 @@ def detect(state: Mapping[str, Tensor], source: str, output_stride: int | None) 
         backbone = _backbone_of(state, source, family="vainf")
         return Detected("vainf", f"deeplabv3_{backbone}", vainf_options, VAINF_V3_RULES)
     raise CheckpointError(
-        f"{source}: keys look like no known DeepLab checkpoint (prelabel, torchvision or "
-        f"VainF/DeepLabV3Plus-Pytorch); first keys: {_preview(list(state))}"
+        f"{source}: keys look like no known DeepLab checkpoint (prelabel, torchvision, "
+        f"VainF/DeepLabV3Plus-Pytorch or smp); first keys: {preview(list(state))}"
     )
 
 
@@ -141,10 +146,10 @@ def _backbone_of(state: Mapping[str, Tensor], source: str, family: Family) -> st
     raise CheckpointError(
         f"{source}: a {family} DeepLab checkpoint with a backbone this library does not load "
         f"(ResNet-50/101{', MobileNetV3-Large' if family == 'torchvision' else ', MobileNetV2'} "
-        f"are supported); backbone keys start {_preview([k for k in state if 'backbone' in k])}"
+        f"are supported); backbone keys start {preview([k for k in state if 'backbone' in k])}"
     )
 
 
-def _preview(keys: Sequence[str], limit: int = 6) -> str:
+def preview(keys: Sequence[str], limit: int = 6) -> str:
     shown = ", ".join(sorted(keys)[:limit])
     return f"[{shown}{f', ... {len(keys) - limit} more' if len(keys) > limit else ''}]"

@@ -26,7 +26,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from deeplab.errors import EngineError
 from deeplab.meta import ModelMeta
@@ -109,7 +108,7 @@ class _Maps(_Normalized):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         logits = super().forward(images)
-        up = F.interpolate(logits, size=images.shape[1:3], mode="bilinear", align_corners=False)
+        up = self.model.upsample(logits, images.shape[1:3])
         top, classes = up.max(dim=1)
         # max softmax = 1 / sum(exp(score - max score)), as the Predictor computes it
         confidence = torch.exp(up - top.unsqueeze(1)).sum(dim=1).reciprocal()

@@ -72,3 +72,18 @@ def atrous_schedule(strides: list[int], output_stride: int) -> list[StageAtrous]
             current *= stride
             out.append(StageAtrous(stride, dilation, dilation))
     return out
+
+
+def dilate_every_conv(module: nn.Module, dilation: int) -> None:
+    """Set every conv in ``module`` to stride 1 and ``dilation``, padded to keep the size.
+
+    The other way to trade stride for dilation than :func:`atrous_schedule`'s: the stage's first
+    unit is dilated too. segmentation_models_pytorch's encoders are dilated this way (its
+    ``make_dilated``), so its weights give its outputs only with this.
+    """
+    for conv in module.modules():
+        if isinstance(conv, nn.Conv2d):
+            kh, kw = conv.kernel_size
+            conv.stride = (1, 1)
+            conv.dilation = (dilation, dilation)
+            conv.padding = (dilation * (kh // 2), dilation * (kw // 2))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import pairwise
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +20,8 @@ LOW_LEVEL_CHANNELS = 48
 
 class DeepLabV3Head(nn.Module):
     """ASPP, a 3x3 conv block, a 1x1 classifier; logits at the output stride."""
+
+    align_corners: ClassVar[bool] = False  # how DeepLab upsamples the logits to the input size
 
     def __init__(
         self,
@@ -46,6 +49,8 @@ class DeepLabV3PlusHead(nn.Module):
     (V3+ paper, sec. 3.1), then concatenated *first* with the upsampled ASPP output. The order is
     arbitrary for a trained network; low-level-first lets VainF checkpoints load by renaming alone.
     """
+
+    align_corners: ClassVar[bool] = False
 
     def __init__(
         self,

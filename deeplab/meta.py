@@ -39,7 +39,7 @@ VOC_CLASSES = (
     "tvmonitor",
 )
 
-Family = Literal["prelabel", "torchvision", "vainf"]
+Family = Literal["prelabel", "torchvision", "vainf", "smp"]
 
 
 class ModelMeta(BaseModel):

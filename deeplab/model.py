@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from deeplab.features import Backbone
 from deeplab.heads import DeepLabV3Head, DeepLabV3PlusHead, FCNHead
+from deeplab.heads_smp import SmpDeepLabV3Head, SmpDeepLabV3PlusHead
+
+Head = DeepLabV3Head | DeepLabV3PlusHead | SmpDeepLabV3Head | SmpDeepLabV3PlusHead
 
 
 class DeepLab(nn.Module):
@@ -14,13 +19,14 @@ class DeepLab(nn.Module):
 
     ``forward`` returns class logits upsampled bilinearly to the input size, for any input size.
     ``forward_logits`` stops before that upsampling, so a caller that wants another output size
-    (the original image size, say) interpolates once instead of twice.
+    (the original image size, say) interpolates once instead of twice, with
+    :meth:`upsample`: the head decides ``align_corners`` (True for smp's layout).
     """
 
     def __init__(
         self,
         backbone: Backbone,
-        head: DeepLabV3Head | DeepLabV3PlusHead,
+        head: Head,
         aux_head: FCNHead | None = None,
     ) -> None:
         super().__init__()
@@ -34,20 +40,30 @@ class DeepLab(nn.Module):
     def num_classes(self) -> int:
         return int(self.head.classifier.out_channels)
 
+    @property
+    def align_corners(self) -> bool:
+        return self.head.align_corners
+
+    def upsample(self, logits: Tensor, size: Sequence[int]) -> Tensor:
+        """Logits (N x C x h x w) bilinearly resized to ``size`` (h, w), as ``forward`` does."""
+        return upsample(logits, size, align_corners=self.align_corners)
+
     def forward_logits(self, x: Tensor) -> Tensor:
         return self.head(self.backbone(x))  # type: ignore[no-any-return]
 
     def forward(self, x: Tensor) -> Tensor:
-        return _resize(self.forward_logits(x), x)
+        return self.upsample(self.forward_logits(x), x.shape[-2:])
 
     def forward_with_aux(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Main and auxiliary logits at the input size (auxiliary None without an aux head)."""
         features = self.backbone(x)
-        out = _resize(self.head(features), x)
+        out = self.upsample(self.head(features), x.shape[-2:])
         if self.aux_head is None or features.aux is None:
             return out, None
-        return out, _resize(self.aux_head(features.aux), x)
+        return out, self.upsample(self.aux_head(features.aux), x.shape[-2:])
 
 
-def _resize(logits: Tensor, like: Tensor) -> Tensor:
-    return F.interpolate(logits, size=like.shape[-2:], mode="bilinear", align_corners=False)
+def upsample(logits: Tensor, size: Sequence[int], *, align_corners: bool) -> Tensor:
+    """Bilinear resize; with ``align_corners`` True it equals smp's fixed-factor upsampling
+    wherever the size is that factor times the logits' (align_corners ignores the factor)."""
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from deeplab.engines import Engine, OpenVinoEngine, Precision, TorchEngine
 from deeplab.meta import ModelMeta
-from deeplab.model import DeepLab
+from deeplab.model import DeepLab, upsample
 from deeplab.tiling import predict_tiled
 
 
@@ -72,6 +71,7 @@ class Predictor:
         # when the confidence is under t, but for values rounding up to the threshold.
         self._low_threshold = round(low_confidence * 255)
         self.meta = meta
+        self.align_corners = model.align_corners  # how the logits are upsampled (the head's)
         self.engine: TorchEngine | OpenVinoEngine
         if engine == "openvino":
             if on_cuda:
@@ -150,6 +150,7 @@ class Predictor:
                 overlap=overlap,
                 batch_size=batch_size,
                 device=self.device,
+                align_corners=self.align_corners,
             )
         return Prediction(
             class_map=classes.numpy(),
@@ -165,7 +166,7 @@ class Predictor:
         # Channels last, each pixel's class scores are contiguous: the max and the sum over
         # classes read memory in order, and the exp runs in place on the upsampled scores.
         low = logits.float().contiguous(memory_format=torch.channels_last)
-        up = F.interpolate(low, size=size, mode="bilinear", align_corners=False)[0]
+        up = upsample(low, size, align_corners=self.align_corners)[0]
         scores = up.permute(1, 2, 0)  # H x W x C
         top, classes = scores.max(dim=-1)
         # max softmax = 1 / sum(exp(score - max score)), without the softmax itself

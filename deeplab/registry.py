@@ -22,7 +22,9 @@ def register(name: str) -> Callable[[F], F]:
 
 
 def _registered() -> dict[str, Callable[..., nn.Module]]:
-    import deeplab.builders  # noqa: F401  (its import registers the variants; it imports this)
+    # Importing them registers the variants (they import this module); smp's layout apart.
+    import deeplab.builders
+    import deeplab.builders_smp  # noqa: F401
 
     return _BUILDERS
 

@@ -8,9 +8,6 @@ keeps the field of view, in input pixels, that it was trained with.
 
 from __future__ import annotations
 
-from typing import cast
-
-from deeplab.aspp import paper_rates
 from deeplab.features import check_output_stride
 from deeplab.meta import ModelMeta, model_version
 from deeplab.model import DeepLab
@@ -38,8 +35,7 @@ def at_output_stride(
     trained = output_stride_of(meta)
     if output_stride == trained:
         return model, meta
-    given = meta.options.get("aspp_rates")
-    rates = cast(list[int], given) if given else list(paper_rates(trained))
+    rates = model.head.aspp.rates  # what it runs with: the paper's, or a family's own (smp's)
     scaled = [max(1, round(r * trained / output_stride)) for r in rates]
     options = {**meta.options, "output_stride": output_stride, "aspp_rates": scaled}
     rebuilt_meta = meta.model_copy(update={"options": options})

@@ -46,8 +46,10 @@ def predict_tiled(
     overlap: int,
     batch_size: int,
     device: torch.device,
+    align_corners: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(class map, max-softmax confidence) of one large HxWx3 uint8 image, both H x W."""
+    """(class map, max-softmax confidence) of one large HxWx3 uint8 image, both H x W;
+    ``align_corners`` is the model's (:attr:`deeplab.DeepLab.align_corners`)."""
     height, width = image.shape[:2]
     ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
     th, tw = min(tile, height), min(tile, width)
@@ -66,7 +68,9 @@ def predict_tiled(
         tiles = [(x, image[y : y + th, x : x + tw]) for x in xs]
         for chunk in _chunks(tiles, batch_size):
             logits = forward(np.stack([t for _, t in chunk]))
-            up = F.interpolate(logits.float(), size=(th, tw), mode="bilinear", align_corners=False)
+            up = F.interpolate(
+                logits.float(), size=(th, tw), mode="bilinear", align_corners=align_corners
+            )
             if band is None:
                 band = torch.zeros((up.shape[1], th, width), device=device)
             for (x, _), tile_logits in zip(chunk, up, strict=True):

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from deeplab.features import Backbone, FeatureInfo, Features, atrous_schedule
 
 # MobileNetV2 paper, Table 2: expansion t, channels c, repeats n, stride s.
-_SETTING = [
+SETTING = [
     (1, 16, 1, 1),
     (6, 24, 2, 2),
     (6, 32, 3, 2),
@@ -81,10 +81,10 @@ class MobileNetV2Backbone(Backbone):
 
     def __init__(self, output_stride: int) -> None:
         super().__init__()
-        schedule = atrous_schedule([2] + [s for _, _, _, s in _SETTING], output_stride)
+        schedule = atrous_schedule([2] + [s for _, _, _, s in SETTING], output_stride)
         blocks: list[nn.Module] = [ConvBNReLU6(3, _STEM_CHANNELS, 3, stride=2)]
         cin = _STEM_CHANNELS
-        for (expand, cout, repeats, _), stage in zip(_SETTING, schedule[1:], strict=True):
+        for (expand, cout, repeats, _), stage in zip(SETTING, schedule[1:], strict=True):
             for i in range(repeats):
                 first = i == 0
                 blocks.append(

@@ -38,8 +38,14 @@ def _torch_logits(
         return model.eval().forward_logits(x)
 
 
+# smp's layout once per head: its ResNets differ from the others only in their dilations.
+ENGINE_MODELS = [
+    name for name in deeplab.list_models() if not name.startswith("smp_") or "mobilenet" in name
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", deeplab.list_models())
+@pytest.mark.parametrize("name", ENGINE_MODELS)
 def test_openvino_at_float32_gives_torchs_logits_on_every_architecture(
     name: str, tmp_path: Path
 ) -> None:

@@ -8,6 +8,7 @@ from torch import nn
 
 import deeplab
 from deeplab.builders import BACKBONES
+from deeplab.builders_smp import SMP_BACKBONES
 from deeplab.flops import count_gmacs
 from deeplab.registry import register
 
@@ -16,9 +17,11 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 def test_registry_lists_every_head_on_every_backbone() -> None:
-    expected = {f"{head}_{bb}" for head in ("deeplabv3", "deeplabv3plus") for bb in BACKBONES}
+    heads = ("deeplabv3", "deeplabv3plus")
+    expected = {f"{head}_{bb}" for head in heads for bb in BACKBONES}
+    expected |= {f"smp_{head}_{bb}" for head in heads for bb in SMP_BACKBONES}  # smp's layout
     assert set(ALL_MODELS) == expected
-    assert len(ALL_MODELS) == 10
+    assert len(ALL_MODELS) == 16
 
 
 def test_registry_refuses_a_taken_name_and_lists_names_for_an_unknown_one() -> None:
@@ -45,11 +48,13 @@ def test_every_model_gives_logits_at_the_input_size(name: str, device: str) -> N
 
 
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
-@pytest.mark.parametrize("backbone", sorted(BACKBONES))
-def test_feature_maps_have_the_declared_channels_and_strides(
-    backbone: str, output_stride: int
-) -> None:
-    model = deeplab.build(f"deeplabv3plus_{backbone}", num_classes=3, output_stride=output_stride)
+@pytest.mark.parametrize(
+    "name",
+    [f"deeplabv3plus_{bb}" for bb in sorted(BACKBONES)]
+    + [f"smp_deeplabv3plus_{bb}" for bb in sorted(SMP_BACKBONES)],
+)
+def test_feature_maps_have_the_declared_channels_and_strides(name: str, output_stride: int) -> None:
+    model = deeplab.build(name, num_classes=3, output_stride=output_stride)
     with torch.no_grad():
         features = model.backbone.eval()(torch.rand(1, 3, 64, 96))
     info = model.backbone.feature_info
