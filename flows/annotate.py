@@ -1,8 +1,9 @@
 """The annotate flow: plan, shards, finish. It only wires ``pipeline`` functions.
 
-Shards run in this flow (``local``: one task each) or as flow runs of the shard deployment on
-a work pool (``deployment``: one worker per GPU machine picks them up). Both write the same
-shard files, and the finish step reads the run folder, so outputs are the same either way.
+Shards run in this flow (``local``: one task each, or a few to a task where they are tiny) or
+as flow runs of the shard deployment on a work pool (``deployment``: one worker per GPU machine
+picks them up). Both write the same shard files, and the finish step reads the run folder, so
+outputs are the same either way.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from concurrent.futures import BrokenExecutor
 from typing import Literal, ParamSpec, TypeVar
 from uuid import UUID
 
+import prefect.runtime
 from prefect import Task, flow, get_client, task
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -24,11 +26,19 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.client.schemas.objects import FlowRun, State
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import TERMINAL_STATES, FlowRun, State
 from prefect.concurrency.sync import concurrency
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectAlreadyExists
+from prefect.tasks import TaskRunNameValueOrCallable
 
 from deeplab.predictor import resolve_device
 from pipeline.config import RunConfig
@@ -47,6 +57,16 @@ from pipeline.retry import DELAYS, is_transient, retrying
 from pipeline.run.ledger import DamagedShardError
 
 SHARD_DEPLOYMENT = "annotate-shard/shard"
+POLL_SECONDS = 1.0  # between reads of the shard runs still going
+# Flow run ids per read: a page at the server's default limit (PREFECT_SERVER_API_DEFAULT_LIMIT);
+# a server set lower answers fewer per read, and the rest come with the next poll.
+READ_PAGE = 200
+PROGRESS_SECONDS = 5.0  # between updates of the progress artifact
+# A task costs milliseconds of Prefect's bookkeeping, here and on the server: as much as a
+# shard of one small image. Run locally, shards smaller than this share a task, so that cost
+# is paid once per this many images (see bench/bench_prefect.py); larger ones run one a task.
+TASK_IMAGES = 64
+FINAL_STATES = sorted(TERMINAL_STATES)
 P = ParamSpec("P")
 R = TypeVar("R")
 Executor = Literal["local", "deployment"]
@@ -65,7 +85,9 @@ def _transient(task: object, task_run: object, state: State) -> bool:
     return False
 
 
-def _step(fn: Callable[P, R], name: str, run_name: str | None = None) -> Task[P, R]:
+def _step(
+    fn: Callable[P, R], name: str, run_name: TaskRunNameValueOrCallable | None = None
+) -> Task[P, R]:
     """Every step touches the run folder, so every step retries what may pass, the same way.
     Inputs hold a whole shard listing and results are cheap to recompute from the run
     folder, so Prefect's input-hash caching would only cost time."""
@@ -79,8 +101,40 @@ def _step(fn: Callable[P, R], name: str, run_name: str | None = None) -> Task[P,
     )(fn)
 
 
+def process_shards(shards: tuple[Shard, ...], config: RunConfig) -> None:
+    """Shards too small for a task each, one after another in one task: the same files as a
+    task per shard. A retry runs them again from the first, as a shard's retry does its
+    images. Nothing is returned (the finish step reads the run folder), so nothing of theirs
+    is kept with the flow's results."""
+    for shard in shards:
+        process_shard(shard, config)
+
+
+def _wave_name() -> str:
+    shards: tuple[Shard, ...] = prefect.runtime.task_run.parameters["shards"]
+    return f"{shards[0].shard_id}..{shards[-1].shard_id}"
+
+
+def _waves(shards: tuple[Shard, ...], images: int) -> list[tuple[Shard, ...]]:
+    """Consecutive shards cut into tasks of at least ``images`` images (the last may hold
+    fewer); a shard of ``images`` or more is a task of its own."""
+    waves: list[tuple[Shard, ...]] = []
+    wave: list[Shard] = []
+    held = 0
+    for shard in shards:
+        wave.append(shard)
+        held += len(shard.items)
+        if held >= images:
+            waves.append(tuple(wave))
+            wave, held = [], 0
+    if wave:
+        waves.append(tuple(wave))
+    return waves
+
+
 plan_task = _step(plan_run, "plan")
 shard_task = _step(process_shard, "shard", "{shard.shard_id}")
+shards_task = _step(process_shards, "shards", _wave_name)
 finish_task = _step(finish_run, "finish")
 
 
@@ -105,9 +159,12 @@ def annotate_flow(
             progress.started(plan.images - plan.done)
             tracker = _ProgressArtifact(len(plan.shards))
             if executor == "local":
-                for shard in plan.shards:
-                    shard_task(shard, config)
-                    tracker.advance()
+                for wave in _waves(plan.shards, TASK_IMAGES):
+                    if len(wave) == 1:
+                        shard_task(wave[0], config)
+                    else:
+                        shards_task(wave, config)
+                    tracker.advance(len(wave))
             else:
                 _run_on_deployment(plan, shard_deployment, tracker)
             try:
@@ -137,8 +194,17 @@ def annotate_flow(
 
 
 class _ProgressArtifact:
-    def __init__(self, shards: int) -> None:
-        self.total, self.done = shards, 0
+    """The run's progress artifact, sent at most once per ``interval`` seconds and when the
+    last shard ends: an update per shard would be a round trip to the server per shard."""
+
+    def __init__(
+        self,
+        shards: int,
+        interval: float = PROGRESS_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.total, self.done, self.interval = shards, 0, interval
+        self.clock = clock
         created = create_progress_artifact(
             progress=100.0 if shards == 0 else 0.0,
             key="annotate-progress",
@@ -146,10 +212,14 @@ class _ProgressArtifact:
         )
         assert isinstance(created, UUID)  # called from sync code: not a coroutine
         self.id = created
+        self.sent = clock()
 
-    def advance(self) -> None:
-        self.done += 1
-        update_progress_artifact(self.id, progress=100.0 * self.done / self.total)
+    def advance(self, shards: int = 1) -> None:
+        self.done += shards
+        now = self.clock()
+        if self.done >= self.total or now - self.sent >= self.interval:
+            update_progress_artifact(self.id, progress=100.0 * self.done / self.total)
+            self.sent = now
 
 
 def _run_on_deployment(plan: RunPlan, deployment: str, tracker: _ProgressArtifact) -> None:
@@ -170,20 +240,34 @@ def _run_on_deployment(plan: RunPlan, deployment: str, tracker: _ProgressArtifac
     failed: list[str] = []
     with get_client(sync_client=True) as client:
         while pending:
-            time.sleep(1)
-            for run_id in list(pending):
-                state = client.read_flow_run(run_id).state
-                if state is None or not state.is_final():
-                    continue
-                shard = pending.pop(run_id)
+            time.sleep(POLL_SECONDS)
+            ended = {run.id: run.state for run in _ended(client, list(pending))}
+            for run_id in [i for i in pending if i in ended]:  # in shard order
+                shard, state = pending.pop(run_id), ended[run_id]
+                assert state is not None  # the filter matched its state's type
                 tracker.advance()
                 progress.advanced(len(shard.items))
                 if state.is_completed():
                     progress.shard_saved(len(shard.items))
-                if not state.is_completed():
+                else:
                     failed.append(f"{shard.shard_id} ({state.name}: {state.message})")
     if failed:
         raise RuntimeError(f"shard runs did not complete: {'; '.join(failed)}")
+
+
+def _ended(client: SyncPrefectClient, run_ids: list[UUID]) -> list[FlowRun]:
+    """Those of ``run_ids`` in a final state, read a page of ids per request: thousands of
+    shard runs waiting cost a few requests a poll, not one each."""
+    ended: list[FlowRun] = []
+    for start in range(0, len(run_ids), READ_PAGE):
+        page = run_ids[start : start + READ_PAGE]
+        ended += client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=page),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=FINAL_STATES)),
+            ),
+        )
+    return ended
 
 
 def _idempotency_key(out: str, shard: Shard) -> str:

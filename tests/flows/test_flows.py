@@ -56,3 +56,18 @@ def test_flow_and_plain_function_write_the_same_records(
     assert (tmp_path / "flow" / "exports" / "coco.json").read_bytes() == (
         tmp_path / "plain" / "exports" / "coco.json"
     ).read_bytes()
+    assert _latest_progress() == 100.0  # three quick shards: only the last update is sent
+
+
+def _latest_progress() -> object:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["annotate-progress"])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    return artifact.data
