@@ -27,10 +27,10 @@ How realistic the data is:
   0.2% of the images failed to decode (a failed row, no regions), as broken files do.
 - Regions: 5-50 per image (26 on average) of the demo model's four classes, from class maps of
   discs, boxes, triangles, rings, patchy and jagged blobs, thin lines and specks, traced by the
-  real region code (``image_regions``, the default RegionPolicy): polygons with holes (median 8
-  per image; a tenth of the images, with patchy regions, have hundreds), about 150 vertices per
-  region, each region's compressed RLE, its fidelity and the polygon/RLE choice, as a run writes
-  them. As in real runs under the default policy, RLE geometry is rare (0.05% of the regions:
+  real region code (``image_regions``, the default RegionPolicy): polygons with holes (median 10
+  per image, a tenth of the images over 60; a few speckled ones have thousands), about 140
+  vertices per region, each region's compressed RLE, its fidelity and the polygon/RLE choice,
+  as a run writes them. As in real runs under the default policy, RLE geometry is rare (0.01%:
   speckled regions over the per-image vertex budget); masks, report and evaluate paint every
   region from its RLE anyway. A pool of such class maps (``--templates`` per size, each at
   ``--variants`` positions: 256 of each size by default) is traced once; each image takes one
@@ -58,9 +58,10 @@ identity and the engine choice are in prelabel's cache; a rerun's plan with work
 model (torch, the engine) and that is part of its time: the header gives that floor. Then one
 plan runs unmeasured, as the run that wrote the shards would have ended: whatever the ledger
 derives from them (an index) is then up to date, and the page cache is warm for every step.
-Disk: the run folder (about 8.5 KiB per image) and each step's exports (removed after the step
-unless ``--keep``; the log line of each says how large): at 10^6 that is tens of GB, so use
-``--tmp`` on a disk that has them. Memory: a step whose RSS passes ``--max-rss-gib`` is killed
+Disk: the run folder (about 12 KiB per image) and each step's exports (removed after the step
+unless ``--keep``; the log line of each says how large: per image about 29 KiB of COCO, 55 KiB
+of Label Studio, 33 KiB of CVAT): at 10^6 that is up to 70 GB at once, so use ``--tmp`` on a
+disk that has it. Memory: a step whose RSS passes ``--max-rss-gib`` is killed
 and reported as such, so one that does not scale cannot take the machine down; the bench exits
 1 when a step failed, was killed or said other counts than the data holds. Timings are upper
 bounds on a loaded machine; compare only figures from one run.

@@ -4,7 +4,8 @@ functions into a flow; everything here runs and tests without it."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -166,9 +167,10 @@ def plan_run(config: RunConfig, lease: str, *, hand_over: bool = False) -> RunPl
     listed = _handed_over.pop((lease, config.source), None)
     if listed is None:
         listed = list(storage_for(config.source, config).list(config.source))
+    inside = inside_run(config.source, config.out)
     # Sorted by key: shards, ids and outputs are the same whatever order the store lists in.
     items = sorted(
-        (i for i in listed if is_image_name(i.key) and not _inside(i, config.out)),
+        (i for i in listed if is_image_name(i.key) and not inside(i)),
         key=lambda i: i.key,
     )
     if not items:
@@ -349,8 +351,15 @@ def _check_ledger(ledger: Ledger, config: RunConfig, model_version: str) -> None
         raise RunError(str(exc)) from exc
 
 
-def _inside(item: ObjectInfo, out: str) -> bool:
-    """A run folder inside the source folder: its own PNG masks are not images to label."""
-    if is_uri(item.uri) or is_uri(out):
-        return item.uri.startswith(out.rstrip("/") + "/")
-    return Path(out).resolve() in Path(item.uri).resolve().parents
+def inside_run(source: str, out: str) -> Callable[[ObjectInfo], bool]:
+    """Whether a listed item lies in the run folder, when the run folder is inside the source
+    folder: its own PNG masks are not images to label. The two folders are resolved once,
+    not each of a million listed paths: listed URIs are the source path joined with keys."""
+    if is_uri(source) or is_uri(out):
+        prefix = out.rstrip("/") + "/"
+        return lambda item: item.uri.startswith(prefix)
+    root, run = Path(source).resolve(), Path(out).resolve()
+    if run != root and root not in run.parents:
+        return lambda item: False
+    prefix = str(Path(source) / run.relative_to(root)) + os.sep
+    return lambda item: item.uri.startswith(prefix)
