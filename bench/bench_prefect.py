@@ -30,10 +30,11 @@ flow runs it started).
 
 ``--submit-only``: the parent's side of the scale-out path at full scale, without the minutes
 a process worker spends per shard run (a fresh interpreter, torch, the model): on a real server
-with the shard deployment and no worker, a parent flow submits every shard as
-``_run_on_deployment`` does (``run_deployment``, ``timeout=0``, the idempotency key), then
-polls the runs still pending once, as the flow used to (a ``read_flow_run`` per run) and as it
-does (``_ended``: a page of ids per read). Prints the submission time per shard, the time and
+with the shard deployment and no worker, a parent flow submits every shard at once (as the
+flow did before it kept at most ``IN_FLIGHT`` runs submitted), each as ``_run_on_deployment``
+does (``run_deployment``, ``timeout=0``, the idempotency key), then polls all these pending
+runs once, as the flow used to (a ``read_flow_run`` per run) and as it does (``_ended``: a
+page of ids per read). Prints the submission time per shard, the time and
 server CPU of each poll, and the server's RSS before, after the submissions and at the end.
 """
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import socket
 import time
 from collections.abc import Callable
@@ -58,6 +59,10 @@ from pipeline.run.ledger import DamagedShardError
 
 SHARD_DEPLOYMENT = "annotate-shard/shard"
 POLL_SECONDS = 1.0  # between reads of the shard runs still going
+# Shard runs submitted and not ended, at most: the next are submitted as these end. All of a
+# large run's shards queued at once would wait for hours (marked Late by the server, one by
+# one, while workers need its CPU and database); this many keep 200 workers busy.
+IN_FLIGHT = 200
 # Flow run ids per read: a page at the server's default limit (PREFECT_SERVER_API_DEFAULT_LIMIT);
 # a server set lower answers fewer per read, and the rest come with the next poll.
 READ_PAGE = 200
@@ -223,23 +228,28 @@ class _ProgressArtifact:
 
 
 def _run_on_deployment(plan: RunPlan, deployment: str, tracker: _ProgressArtifact) -> None:
-    """Submit every shard, then wait for all; a failed shard fails the run after the rest end.
+    """Run every shard as a flow run of ``deployment``, at most ``IN_FLIGHT`` submitted and not
+    ended at a time, the next submitted as others end; a failed shard fails the run after the
+    rest end.
 
     The idempotency key names the run folder, the shard and its exact images, so a retried
     parent re-attaches to its shard runs instead of starting them twice."""
+    unsubmitted = iter(plan.shards)
     pending: dict[UUID, Shard] = {}
-    for shard in plan.shards:
-        submitted = run_deployment(
-            name=deployment,
-            parameters={"shard": shard, "config": plan.config},
-            timeout=0,
-            idempotency_key=_idempotency_key(plan.config.out, shard),
-        )
-        assert isinstance(submitted, FlowRun)  # called from sync code: not a coroutine
-        pending[submitted.id] = shard
     failed: list[str] = []
     with get_client(sync_client=True) as client:
-        while pending:
+        while True:
+            for shard in itertools.islice(unsubmitted, IN_FLIGHT - len(pending)):
+                submitted = run_deployment(
+                    name=deployment,
+                    parameters={"shard": shard, "config": plan.config},
+                    timeout=0,
+                    idempotency_key=_idempotency_key(plan.config.out, shard),
+                )
+                assert isinstance(submitted, FlowRun)  # called from sync code: not a coroutine
+                pending[submitted.id] = shard
+            if not pending:
+                break
             time.sleep(POLL_SECONDS)
             ended = {run.id: run.state for run in _ended(client, list(pending))}
             for run_id in [i for i in pending if i in ended]:  # in shard order

@@ -1,7 +1,8 @@
 """Thousands of shards in one run: what the flow sends to Prefect does not grow per shard.
 
-The shard runs still going are read a page at a time, the progress artifact is sent at most
-once every few seconds (and always at the end), and tiny shards share a task."""
+Shard runs are submitted a bounded window at a time and read a page at a time, the progress
+artifact is sent at most once every few seconds (and always at the end), and tiny shards
+share a task."""
 
 from __future__ import annotations
 
@@ -80,13 +81,15 @@ def test_tiny_shards_share_tasks_and_large_ones_keep_their_own() -> None:
 
 
 class _Server:
-    """Stands in for the shard deployment and the API: each submitted run ends on the first
-    poll, in the state ``ends`` gives it; every read of flow runs is recorded."""
+    """Stands in for the shard deployment and the API: a submitted run has ended, in the state
+    ``ends`` gives it, by the first read after it; every read of flow runs is recorded."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, ends: dict[str, State]) -> None:
         self.runs: dict[UUID, FlowRun] = {}
         self.ends = ends
         self.reads: list[int] = []  # ids asked for, per read
+        self.in_flight: list[int] = []  # submitted and not seen ended, at each submission
+        self.seen_ended: set[UUID] = set()
         monkeypatch.setattr(annotate_module, "run_deployment", self.run_deployment)
         monkeypatch.setattr(annotate_module, "get_client", lambda **_: self)
         monkeypatch.setattr(annotate_module.time, "sleep", lambda _: None)
@@ -95,11 +98,10 @@ class _Server:
         shard = parameters["shard"]
         run = FlowRun(flow_id=uuid4(), name=shard.shard_id, state=Scheduled())
         self.runs[run.id] = run
+        self.in_flight.append(len(self.runs) - len(self.seen_ended))
         return run
 
     def __enter__(self) -> _Server:
-        for run in self.runs.values():  # the workers had their time
-            run.state = self.ends.get(run.name, Completed())
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -109,14 +111,19 @@ class _Server:
         ids = flow_run_filter.id.any_
         types = set(flow_run_filter.state.type.any_)
         self.reads.append(len(ids))
-        return [r for i in ids if (r := self.runs[i]).state and r.state.type in types]
+        for i in ids:  # the workers had their time
+            self.runs[i].state = self.ends.get(self.runs[i].name, Completed())
+        ended = [r for i in ids if (r := self.runs[i]).state and r.state.type in types]
+        self.seen_ended |= {r.id for r in ended}
+        return ended
 
 
-def test_shard_runs_are_read_a_page_at_a_time_and_a_failed_one_is_named(
+def test_shard_runs_go_in_a_bounded_window_read_a_page_at_a_time_and_failures_are_named(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     updates = _Updates(monkeypatch)
-    shards = _shards([1] * 450)
+    monkeypatch.setattr(annotate_module, "IN_FLIGHT", 300)
+    shards = _shards([1] * 650)
     server = _Server(
         monkeypatch,
         {
@@ -132,8 +139,11 @@ def test_shard_runs_are_read_a_page_at_a_time_and_a_failed_one_is_named(
         "shard runs did not complete: shard-0000-00007 (Failed: CUDA out of memory); "
         "shard-0000-00300 (Crashed: worker process exited with code -9)"
     )
-    assert server.reads == [READ_PAGE, READ_PAGE, 450 - 2 * READ_PAGE]  # one poll, three reads
-    assert (tracker.done, updates.sent) == (450, [100.0])
+    assert sorted(r.name for r in server.runs.values()) == [s.shard_id for s in shards]
+    assert max(server.in_flight) == 300
+    # Three polls of 300, 300 and 50 runs, a page of ids per read.
+    assert server.reads == [READ_PAGE, 300 - READ_PAGE] * 2 + [50]
+    assert (tracker.done, updates.sent) == (650, [100.0])
 
 
 # --- against a real API --------------------------------------------------------------------
