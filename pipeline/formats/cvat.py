@@ -18,7 +18,6 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from itertools import chain, count
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -73,9 +72,7 @@ def _header(view: RunView) -> list[ET.Element]:
 def _image_elements(part: Part, view: RunView, frames: Iterator[int]) -> Iterator[ET.Element]:
     """Frame ids count the run's labeled images in key order, as CVAT numbers a task's."""
     images = part.ok_images()
-    regions: dict[str, list[dict[str, Any]]] = {row["image_id"]: [] for row in images}
-    for row in part.regions.to_pylist():
-        regions[row["image_id"]].append(row)
+    regions = part.regions_of()
     for image in images:
         height, width = image["height"], image["width"]
         element = ET.Element(
@@ -87,7 +84,7 @@ def _image_elements(part: Part, view: RunView, frames: Iterator[int]) -> Iterato
                 "height": str(height),
             },
         )
-        for group, region in enumerate(regions[image["image_id"]], start=1):
+        for group, region in enumerate(regions.get(image["image_id"], []), start=1):
             name = xml_text(view.class_names[region["class_id"]])
             polygons = region["polygons"]
             if region["geometry"] == "polygon" and all(len(p) == 1 for p in polygons):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import posixpath
 import xml.etree.ElementTree as ET
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import Any
@@ -76,14 +75,12 @@ def label_studio_tasks(view: RunView, options: ExportOptions) -> list[dict[str, 
 
 
 def tasks_of_part(part: Part, view: RunView, options: ExportOptions) -> list[dict[str, Any]]:
-    regions: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in part.regions.to_pylist():
-        regions[row["image_id"]].append(row)
+    regions = part.regions_of()
     tasks = []
     for image in part.ok_images():
         results = [
             result
-            for region in regions[image["image_id"]]
+            for region in regions.get(image["image_id"], [])
             for result in _results(region, image, view.class_names, options)
         ]
         tasks.append(

@@ -64,12 +64,10 @@ def export_masks(view: RunView, options: ExportOptions) -> tuple[str, ...]:
     def painted() -> Iterator[tuple[dict[str, Any], npt.NDArray[np.uint8]]]:
         for part in view.parts(regions=("image_id", "class_id", "rle")):
             images = part.ok_images()
-            regions: dict[str, list[dict[str, Any]]] = {row["image_id"]: [] for row in images}
-            for row in part.regions.to_pylist():
-                regions[row["image_id"]].append(row)
+            regions = part.regions_of()
             for image in images:
                 height, width = image["height"], image["width"]
-                rows = regions[image["image_id"]]
+                rows = regions.get(image["image_id"], [])
                 yield image, class_map_of(rows, height, width, view.background)
 
     storage, root = view.layout.storage, view.layout.export(MASKS)

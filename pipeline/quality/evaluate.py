@@ -200,9 +200,7 @@ def _images_with_regions(
 ) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
     """Each image row of the run in key order with its regions, read shard by shard."""
     for part in view.parts(regions=("image_id", "class_id", "rle")):
-        regions: dict[str, list[dict[str, Any]]] = {}
-        for row in part.regions.to_pylist():
-            regions.setdefault(row["image_id"], []).append(row)
+        regions = part.regions_of()
         for image in part.images.to_pylist():
             yield image, regions.get(image["image_id"], [])
 

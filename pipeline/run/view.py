@@ -76,6 +76,13 @@ class Part:
     def ok_images(self) -> list[dict[str, Any]]:
         return [row for row in self.images.to_pylist() if row["status"] == "ok"]
 
+    def regions_of(self) -> dict[str, list[dict[str, Any]]]:
+        """Image id -> its region rows, in region order; images without regions are absent."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for row in self.regions.to_pylist():
+            out.setdefault(row["image_id"], []).append(row)
+        return out
+
 
 class RunView:
     """A run's model, class names and labels; the labels are read shard by shard (``parts``).
