@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 from pycocotools import mask as mask_utils
 
 from pipeline.formats.streams import JsonArray
@@ -58,7 +59,8 @@ def coco_info(view: RunView) -> dict[str, Any]:
 
 
 def coco_of_part(part: Part) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The images and annotations of a part of the run, in its order."""
+    """The images and annotations of a part of the run, in its order. Built column by column:
+    a part holds tens of thousands of regions, too many for a Python dict of each row."""
     images = {
         row["image_id"]: {
             "id": coco_id(str(row["image_id"])),
@@ -68,64 +70,78 @@ def coco_of_part(part: Part) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
         }
         for row in part.ok_images()
     }
+    regions = part.regions
+    if not regions.num_rows:
+        return list(images.values()), []
+    column = {name: regions.column(name).to_pylist() for name in _LIST_COLUMNS}
+    boxes = regions.column("bbox").combine_chunks().values.to_numpy().astype(np.float64)
+    polygons = _polygons(regions.column("polygons"), regions.column("geometry"))
     annotations: list[dict[str, Any]] = []
     # Polygons drawn as pycocotools draws them, grouped by image size: one call per size
     # measures them all (index in annotations, rings).
     drawn: dict[tuple[int, int], list[tuple[int, list[Any]]]] = defaultdict(list)
-    shapes = _shapes(part.regions.column("polygons"))
-    for row, parts in zip(part.regions.select(_ROW_COLUMNS).to_pylist(), shapes, strict=True):
-        image = images[row["image_id"]]
-        segmentation = _segmentation(row, parts, height=image["height"], width=image["width"])
-        area, bbox = row["area"], [float(v) for v in row["bbox"]]
-        if isinstance(segmentation, list) and row["fidelity"] < 1.0:
-            drawn[image["height"], image["width"]].append((len(annotations), segmentation))
+    rows = zip(
+        *(column[name] for name in _LIST_COLUMNS),
+        boxes.reshape(-1, 4).tolist(),
+        polygons,
+        strict=True,
+    )
+    for image_id, region_id, class_id, score, area, rle, fidelity, bbox, shape in rows:
+        image = images[image_id]
+        segmentation: Any
+        if shape is None:
+            segmentation = {"size": [image["height"], image["width"]], "counts": rle}
+        else:
+            segmentation = shape
+            if fidelity < 1.0:
+                drawn[image["height"], image["width"]].append((len(annotations), shape))
         # Otherwise the segmentation draws exactly the mask, whose area and box the row holds.
         annotations.append(
             {
-                "id": coco_id(row["region_id"]),
+                "id": coco_id(region_id),
                 "image_id": image["id"],
-                "category_id": row["class_id"],
+                "category_id": class_id,
                 "segmentation": segmentation,
                 "area": area,
                 "bbox": bbox,
                 "iscrowd": 0,
-                "score": round(float(row["score"]), 4),
+                "score": round(score, 4),
             }
         )
-    for (height, width), polygons in drawn.items():
-        areas, boxes = _areas_and_boxes([rings for _, rings in polygons], height, width)
-        for (index, _), area, box in zip(polygons, areas.tolist(), boxes.tolist(), strict=True):
+    for (height, width), shapes in drawn.items():
+        areas, found = _areas_and_boxes([rings for _, rings in shapes], height, width)
+        for (index, _), area, box in zip(shapes, areas.tolist(), found.tolist(), strict=True):
             annotations[index]["area"], annotations[index]["bbox"] = area, box
     return list(images.values()), annotations
 
 
-_ROW_COLUMNS = (
-    "image_id",
-    "region_id",
-    "class_id",
-    "score",
-    "area",
-    "bbox",
-    "rle",
-    "fidelity",
-    "geometry",
-)
-_COLUMNS = (*_ROW_COLUMNS, "polygons")
+_LIST_COLUMNS = ("image_id", "region_id", "class_id", "score", "area", "rle", "fidelity")
+_COLUMNS = (*_LIST_COLUMNS, "bbox", "geometry", "polygons")
 
 
-def _shapes(column: pa.ChunkedArray) -> list[list[list[npt.NDArray[np.float32]]]]:
-    """Each region's parts, each part's rings as views into one flat array of coordinates:
-    tens of thousands of vertices per image, too many to turn into Python floats."""
+def _polygons(
+    column: pa.ChunkedArray, geometry: pa.ChunkedArray
+) -> list[list[npt.NDArray[np.float32]] | None]:
+    """Each region's COCO polygons, one flat x, y array per part, as views into one array of
+    coordinates (tens of thousands of vertices per image, too many to turn into Python
+    floats); None for a region written as RLE: the fidelity gate chose it, or a part has
+    holes, which COCO polygons cannot express."""
     regions = column.combine_chunks()
     parts = regions.values
     rings = parts.values
     coordinates = rings.values.to_numpy()
-    region_at, part_at, ring_at = (a.offsets.to_numpy().tolist() for a in (regions, parts, rings))
+    region_at, part_at, ring_at = (a.offsets.to_numpy() for a in (regions, parts, rings))
+    holed = np.concatenate(([0], np.cumsum(np.diff(part_at) != 1)))
+    plain = (holed[region_at[1:]] == holed[region_at[:-1]]).tolist()
+    polygon = pc.equal(geometry, "polygon").to_numpy(zero_copy_only=False).tolist()
+    first = part_at[:-1]
+    starts = ring_at[first].tolist()
+    ends = ring_at[np.minimum(first + 1, len(ring_at) - 1)].tolist()
+    at = region_at.tolist()
     return [
-        [
-            [coordinates[ring_at[i] : ring_at[i + 1]] for i in range(part_at[j], part_at[j + 1])]
-            for j in range(region_at[k], region_at[k + 1])
-        ]
+        [coordinates[starts[j] : ends[j]] for j in range(at[k], at[k + 1])]
+        if polygon[k] and plain[k]
+        else None
         for k in range(len(regions))
     ]
 
@@ -163,11 +179,3 @@ def export_coco(view: RunView, options: ExportOptions) -> tuple[str, ...]:
         categories = coco_categories(view.class_names, view.background)
         out.write(b',"categories":' + orjson.dumps(categories) + b"}")
     return (uri,)
-
-
-def _segmentation(
-    row: dict[str, Any], parts: list[list[npt.NDArray[np.float32]]], *, height: int, width: int
-) -> Any:
-    if row["geometry"] == "polygon" and all(len(rings) == 1 for rings in parts):
-        return [rings[0] for rings in parts]
-    return {"size": [height, width], "counts": row["rle"]}

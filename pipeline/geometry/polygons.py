@@ -11,7 +11,8 @@ and with them the points where each ring crosses a pixel column, from which RLE 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "polygons_from_mask",
     "rasterize_polygons",
     "simplified",
+    "simplified_all",
 ]
 
 Shapes = Sequence[Sequence[Sequence[float] | npt.NDArray[Any]]]
@@ -147,13 +149,25 @@ def _direction(step: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     return 3 * (step[:, 0] + 1) + step[:, 1] + 1
 
 
+def simplified_all(
+    rings: Sequence[npt.NDArray[np.int32]], tolerance: float
+) -> list[npt.NDArray[np.int32]]:
+    """:func:`simplified` of every ring, with the per-ring Python kept to one call: an image
+    has hundreds of rings."""
+    if tolerance == 0:
+        return list(rings)
+    approx = cv2.approxPolyDP
+    out: list[npt.NDArray[np.int32]] = []
+    for ring in rings:
+        simple = np.asarray(approx(ring, tolerance, True), np.int32).reshape(-1, 2)
+        out.append(ring if len(simple) < 3 else simple)
+    return out
+
+
 def simplified(ring: npt.NDArray[np.int32], tolerance: float) -> npt.NDArray[np.int32]:
     """Douglas-Peucker at ``tolerance`` pixels; a ring it would shrink under 3 points stays
     exact, so 1-pixel regions and 1-pixel lines still rasterize to their pixels."""
-    if tolerance == 0:
-        return ring
-    simple = np.asarray(cv2.approxPolyDP(ring, tolerance, closed=True), np.int32).reshape(-1, 2)
-    return ring if len(simple) < 3 else simple
+    return simplified_all([ring], tolerance)[0]
 
 
 def flat(ring: npt.NDArray[np.int32]) -> Ring:
@@ -251,30 +265,36 @@ def polygon_iou(
 
 
 def polygon_ious(
-    polygons: Sequence[Shapes],
-    fills: Sequence[Sequence[str]],
+    rings: Sequence[npt.NDArray[Any]],
+    ring_counts: npt.NDArray[np.intp],
+    fills: Sequence[bytes],
     counts: list[str],
     *,
     pixels: list[int],
     boxes: list[tuple[int, int, int, int]],
     shape: tuple[int, int],
+    shapes: Callable[[int], Shapes],
 ) -> list[float]:
-    """:func:`polygon_iou` of many regions. ``fills`` are the compressed RLEs of what each
-    ring of each region encloses before simplification, ring by ring. Every ring is
-    rasterized in one call; a region whose every ring gives back its own fill draws its
-    mask exactly (IoU 1), which is most regions. The rest are measured one by one."""
+    """:func:`polygon_iou` of many regions. ``rings``: every simplified ring of the regions,
+    flat x, y, region after region, ``ring_counts`` of them each; ``fills``: the compressed
+    RLE of what each of those rings encloses before simplification. Every ring is rasterized
+    in one call; a region whose every ring gives back its own fill draws its mask exactly
+    (IoU 1), which is most regions. The rest are measured one by one, on ``shapes(i)``."""
     height, width = shape
-    rings = [ring for shapes in polygons for part in shapes for ring in part]
-    drawn = [rle["counts"] for rle in mask_utils.frPyObjects(rings, height, width)] if rings else []
-    same, position = [], 0
-    for own in fills:
-        same.append(drawn[position : position + len(own)] == [fill.encode() for fill in own])
-        position += len(own)
+    drawn = (
+        [rle["counts"] for rle in mask_utils.frPyObjects(list(rings), height, width)]
+        if rings
+        else []
+    )
+    exact = np.fromiter(map(operator.eq, drawn, fills), np.bool_, len(fills))
+    wrong = np.concatenate(([0], np.cumsum(~exact)))
+    ends = np.cumsum(ring_counts)
+    whole = (wrong[ends] == wrong[ends - ring_counts]).tolist()
     return [
         1.0
         if exact
-        else polygon_iou(polygons[i], counts[i], pixels=pixels[i], box=boxes[i], shape=shape)
-        for i, exact in enumerate(same)
+        else polygon_iou(shapes(i), counts[i], pixels=pixels[i], box=boxes[i], shape=shape)
+        for i, exact in enumerate(whole)
     ]
 
 

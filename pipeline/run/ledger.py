@@ -211,7 +211,7 @@ def read_shard_file(
     stops), a file that is there but does not parse is ``DamagedShardError``."""
     data = layout.storage.read(uri)
     try:
-        return pq.read_table(io.BytesIO(data), schema=schema, columns=columns)
+        return pq.read_table(pa.BufferReader(data), schema=schema, columns=columns)
     except (pa.ArrowException, OSError, ValueError) as exc:  # OSError: a page header or codec
         shard = _SHARD_FILE.search(uri)
         name = shard[0].removesuffix(".parquet") if shard else uri

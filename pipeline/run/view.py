@@ -177,10 +177,15 @@ class _OpenShard:
             return cls(images, REGIONS_SCHEMA.empty_table(), [0] * (images.num_rows + 1))
         wanted = list(dict.fromkeys(["image_id", "region_index", *columns]))
         regions = read_shard_file(layout, layout.records(shard), REGIONS_SCHEMA, wanted)
-        rank = pc.index_in(regions["image_id"], images["image_id"])
-        regions = regions.append_column("_rank", rank).filter(pc.is_valid(rank))
-        regions = regions.sort_by([("_rank", "ascending"), ("region_index", "ascending")])
-        counts = np.bincount(regions["_rank"].to_numpy(), minlength=images.num_rows)
+        rank = pc.index_in(regions["image_id"], images["image_id"]).combine_chunks()
+        ranks = rank.to_numpy(zero_copy_only=False)
+        if rank.null_count or not _in_order(ranks, regions["region_index"]):
+            # Rows of superseded images to drop, or written out of order: filtering and
+            # sorting copy every column, polygons included, so only then.
+            regions = regions.append_column("_rank", rank).filter(pc.is_valid(rank))
+            regions = regions.sort_by([("_rank", "ascending"), ("region_index", "ascending")])
+            ranks = regions["_rank"].to_numpy()
+        counts = np.bincount(ranks.astype(np.intp), minlength=images.num_rows)
         offsets = np.r_[0, np.cumsum(counts)].tolist()
         return cls(images, regions.select(list(columns)), offsets)
 
@@ -189,6 +194,17 @@ class _OpenShard:
         self.at = end
         low, high = self.offsets[begin], self.offsets[end]
         return Part(self.images.slice(begin, count), self.regions.slice(low, high - low))
+
+
+def _in_order(ranks: np.ndarray[Any, Any], region_index: pa.ChunkedArray) -> bool:
+    """Whether rows already run by image rank, then region index: how a shard writes them."""
+    if len(ranks) < 2:
+        return True
+    step = np.diff(ranks)
+    if (step < 0).any():
+        return False
+    index = region_index.to_numpy()
+    return bool((np.diff(index)[step == 0] > 0).all())
 
 
 def view_of(
