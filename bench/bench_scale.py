@@ -54,8 +54,9 @@ How realistic the data is:
   through prelabel's S3 storage.
 
 Before the steps, a warm-up process loads the demo model once, as a first run would have, so its
-identity and the engine choice are in prelabel's cache; a rerun's plan with work still loads the
-model (torch, the engine) and that is part of its time: the header gives that floor. Then one
+identity and the engine choice are in prelabel's cache; a rerun's plan knows the model by that
+identity and does not load it (the shards do, where they run): the header gives what loading
+it costs a process, for comparison. Then one
 plan runs unmeasured, as the run that wrote the shards would have ended: whatever the ledger
 derives from them (an index) is then up to date, and the page cache is warm for every step.
 Disk: the run folder (about 12 KiB per image) and each step's exports (removed after the step
@@ -1164,7 +1165,7 @@ def _bench(
         f"CPU capability {warm['capability']}, torch threads {warm['threads']}, "
         f"engine {warm['engine']}; model {model.ref} {model.model_version}; "
         f"shard size {args.shard_size}\npeak RSS of a step's Python before it reads anything: "
-        f"{bare['peak_kib'] / 1024:.0f} MiB; of one that loaded the model (the plan's floor): "
+        f"{bare['peak_kib'] / 1024:.0f} MiB; of one that loaded the model: "
         f"{warm['peak_kib'] / 1024:.0f} MiB ({wall:.1f} s)",
         flush=True,
     )

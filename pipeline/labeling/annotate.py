@@ -18,6 +18,7 @@ from pipeline.formats.label_studio import check_image_urls
 from pipeline.labeling import progress
 from pipeline.labeling.classes import label_space
 from pipeline.labeling.decode import IMAGE_EXTENSIONS, is_image_name
+from pipeline.labeling.listing import Listing, image_listing
 from pipeline.labeling.model_ids import model_info
 from pipeline.labeling.shard_plan import Shard, ShardStats, plan_shards
 from pipeline.labeling.tally import tally
@@ -56,9 +57,6 @@ class RunPlan:
     # The run folder, resolved once by the plan for every step after it in this process
     # (shards resolve their own: they may run on another machine).
     layout: RunLayout
-    # What runs the forward here, and at which precision ("openvino bfloat16"); None when
-    # this pass has nothing to label, so no model is loaded.
-    engine: str | None
     repaired: tuple[str, ...] = ()  # damaged shards moved aside, each "file: reason"
 
 
@@ -154,25 +152,21 @@ def _missing_folders(path: Path) -> list[Path]:
 
 # A listing made by a plan that found work, kept for the flow's own plan in this process
 # under the same lease: a rerun with new images lists its source once, not twice.
-_handed_over: dict[tuple[str, str], list[ObjectInfo]] = {}
+_handed_over: dict[tuple[str, str], Listing] = {}
 
 
 def plan_run(config: RunConfig, lease: str, *, hand_over: bool = False) -> RunPlan:
-    """List the source, leave out what the run folder already holds, cut the rest into shards
-    and, when there is something to label, load the model once, so a run that cannot work
-    fails here. Damaged shard files are moved aside first, so their images count as not
-    labeled."""
+    """List the source, leave out what the run folder already holds and cut the rest into
+    shards. The model is known by its identity (``labeling.model_ids``: a checkpoint that
+    loaded once is known to load), not loaded: the shards load it where they run, and a plan
+    over a million listed images holds the listing, not a model too. Damaged shard files are
+    moved aside first, so their images count as not labeled."""
     started = datetime.now(UTC)
     layout = _layout(config)
-    listed = _handed_over.pop((lease, config.source), None)
-    if listed is None:
-        listed = list(storage_for(config.source, config).list(config.source))
-    inside = inside_run(config.source, config.out)
-    # Sorted by key: shards, ids and outputs are the same whatever order the store lists in.
-    items = sorted(
-        (i for i in listed if is_image_name(i.key) and not inside(i)),
-        key=lambda i: i.key,
-    )
+    items = _handed_over.pop((lease, config.source), None)
+    if items is None:
+        listed = storage_for(config.source, config).list(config.source)
+        items = image_listing(listed, inside_run(config.source, config.out))
     if not items:
         raise RunError(f"{config.source}: no images found (looked for {_EXTENSIONS})")
     model = _run_model(config)
@@ -185,22 +179,20 @@ def plan_run(config: RunConfig, lease: str, *, hand_over: bool = False) -> RunPl
         ledger = Ledger.load(layout)
     ledger.save_index(layout)
     _check_ledger(ledger, config, model.model_version)
-    todo = items if config.force else ledger.todo(items)
+    todo = items.items(None if config.force else ledger.wanted(items.key, items.etag))
     shards = tuple(plan_shards(todo, config.shard_size, ledger.next_generation, lease))
-    skipped = sum(1 for i in listed if not is_image_name(i.key))
     if hand_over and shards:
-        _handed_over[(lease, config.source)] = listed
+        _handed_over[(lease, config.source)] = items
     return RunPlan(
         config,
         lease,
         shards,
         len(items),
         len(items) - len(todo),
-        skipped,
+        items.skipped,
         model,
         started,
         layout,
-        engine=_engine(config) if shards else None,
         repaired=tuple(f"{d.uri}: {d.reason}" for d in damage),
     )
 
@@ -225,6 +217,7 @@ def finish_run(plan: RunPlan) -> RunSummary:
         notes += [notice] if notice else []
     exports = export(view, config.exports, config.export_options)
     counted = tally(view, {s.shard_id for s in plan.shards})
+    engine = ", ".join(counted.engines) or None  # what labeled this pass's images
     finished = datetime.now(UTC)
     empty = ShardStats("", 0, 0, 0, 0.0)
     shards = tuple(
@@ -241,7 +234,7 @@ def finish_run(plan: RunPlan) -> RunSummary:
         images=counted.images,
         images_failed=len(counted.failed),
         regions=counted.regions,
-        engine=plan.engine or _recorded_engine(layout),
+        engine=engine or _recorded_engine(layout),
     )
     layout.storage.write_atomic(layout.manifest, manifest.model_dump_json(indent=2).encode())
     return RunSummary(
@@ -256,7 +249,7 @@ def finish_run(plan: RunPlan) -> RunSummary:
         seconds=(finished - plan.started_at).total_seconds(),
         exports=exports,
         shards=shards,
-        engine=plan.engine,
+        engine=engine,
         repaired=plan.repaired,
         notes=tuple(notes),
     )
@@ -321,13 +314,6 @@ def _run_model(config: RunConfig) -> ModelInfo:
         background=config.regions.background,
     )
     return info.model_copy(update={"class_names": space.names})
-
-
-def _engine(config: RunConfig) -> str:
-    from pipeline.labeling.models import load_predictor  # torch loads only for a pass that labels
-
-    predictor = load_predictor(config)
-    return f"{predictor.engine.name} {predictor.precision}"
 
 
 def _recorded_engine(layout: RunLayout) -> str | None:

@@ -22,12 +22,16 @@ class Tally:
     class_counts: dict[str, int]  # regions per class, in class order, classes with none left out
     shards: dict[str, ShardStats]  # the shards asked for, by id
     held_in: tuple[str, ...]  # the shards holding every image's latest row, sorted
+    # What ran the forward for the images of the shards asked for, "engine precision", sorted:
+    # shards may run on other machines than the plan's, each recording its own.
+    engines: tuple[str, ...]
 
 
 def tally(view: RunView, shards: Collection[str]) -> Tally:
     per_class = np.zeros(len(view.class_names), np.int64)
     failed: list[tuple[str, str]] = []
     stats: dict[str, ShardStats] = {}
+    engines: set[str] = set()
     wanted = pa.array(sorted(shards), pa.string())
     for part in view.parts(regions=("class_id",)):
         images = part.images
@@ -37,6 +41,8 @@ def tally(view: RunView, shards: Collection[str]) -> Tally:
         bad = images.filter(pc.not_equal(images["status"], "ok"))
         failed += [(row["key"], row["error"] or "") for row in bad.to_pylist()]
         ours = images.filter(pc.is_in(images["shard"], wanted))
+        ran = ours.filter(pc.equal(ours["status"], "ok")).select(["engine", "precision"])
+        engines.update(f"{e} {p}" for e, p in zip(*ran.to_pydict().values(), strict=True) if e)
         for shard in pc.unique(ours["shard"]).to_pylist():
             rows = ours.filter(pc.equal(ours["shard"], shard)).to_pylist()
             stats[shard] = _sum(stats.get(shard), shard_stats(shard, rows))
@@ -51,6 +57,7 @@ def tally(view: RunView, shards: Collection[str]) -> Tally:
         },
         shards=stats,
         held_in=tuple(pc.unique(view.index["shard"]).to_pylist()) if view.image_count else (),
+        engines=tuple(sorted(engines)),
     )
 
 

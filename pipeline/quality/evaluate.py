@@ -122,8 +122,10 @@ def evaluate_run(view: RunView, truth: Truth, *, tolerance: int = 2) -> Evaluati
     failed: list[Failure] = []
     missing: list[str] = []
     boundary = np.zeros(4, np.int64)  # matched predicted, predicted, matched truth, truth
+    keys: list[str] = []  # every image of the run, for the truth it leaves unmatched
     for image, regions in _images_with_regions(view):
         key = image["key"]
+        keys.append(key)
         if image["status"] != "ok":
             failed.append(Failure(key=key, reason=f"the run failed: {image['error']}"))
             continue
@@ -191,7 +193,7 @@ def evaluate_run(view: RunView, truth: Truth, *, tolerance: int = 2) -> Evaluati
         per_image=scores,
         failed=failed,
         missing=missing,
-        truth_unmatched=truth.unmatched(view.index["key"].to_pylist()),
+        truth_unmatched=truth.unmatched(keys),
     )
 
 

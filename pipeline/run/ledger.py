@@ -25,7 +25,8 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from numpy import flatnonzero
+from numpy import bool_, flatnonzero, zeros
+from numpy.typing import NDArray
 
 from pipeline.errors import PrelabelError
 from pipeline.run.layout import RunLayout
@@ -108,7 +109,10 @@ class Ledger:
                 damaged.append(exc.damage)
         every = pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table()
         return cls(
-            images=_latest_per_key(every),
+            # The index alone is the latest rows already: sorting it again would copy it.
+            images=every
+            if len(tables) == 1 and indexed and _unique_sorted(every)
+            else _latest_per_key(every),
             shards=tuple(sorted(shards)),
             damaged=tuple(damaged),
             merged=len(shards) - len(covered),
@@ -161,17 +165,23 @@ class Ledger:
                 )
 
     def todo(self, items: Sequence[ObjectInfo]) -> list[ObjectInfo]:
-        """Images that are new, changed since they were labeled, or failed for a reason outside
-        the file; an image that failed as bad input is not retried until its bytes change.
-        Matched column-wise: a listing holds millions of images."""
-        if not items:
-            return []
-        at = pc.index_in(pa.array([i.key for i in items], pa.string()), self.images["key"])
-        held = self.images.take(at)
-        changed = pc.not_equal(held["etag"], pa.array([i.etag for i in items], pa.string()))
+        """:meth:`wanted` of a few listed objects."""
+        keys = pa.array([i.key for i in items], pa.string())
+        wanted = self.wanted(keys, pa.array([i.etag for i in items], pa.string()))
+        return [items[n] for n in flatnonzero(wanted).tolist()]
+
+    def wanted(self, keys: pa.Array, etags: pa.Array) -> NDArray[bool_]:
+        """Which listed images to label: new, changed since they were labeled, or failed for
+        a reason outside the file; an image that failed as bad input is not retried until its
+        bytes change. Column-wise: a listing holds millions of images."""
+        if not len(keys):
+            return zeros(0, bool_)
+        at = pc.index_in(keys, self.images["key"])
+        held = self.images.select(["etag", "status", "retryable"]).take(at)
+        changed = pc.not_equal(held["etag"], etags)
         retry = pc.and_(pc.not_equal(held["status"], "ok"), held["retryable"])
         wanted = pc.fill_null(pc.or_(changed, retry), True)
-        return [items[n] for n in flatnonzero(wanted.to_numpy(zero_copy_only=False)).tolist()]
+        return wanted.to_numpy(zero_copy_only=False)  # type: ignore[no-any-return]
 
 
 def quarantine(layout: RunLayout, damage: Damage) -> str:
@@ -234,6 +244,11 @@ def _read_index(layout: RunLayout, present: Sequence[str]) -> tuple[pa.Table, li
     if not isinstance(covered, list) or not set(covered) <= set(present):
         return None
     return table.replace_schema_metadata(None), covered
+
+
+def _unique_sorted(images: pa.Table) -> bool:
+    keys = images["key"].combine_chunks()
+    return len(keys) < 2 or bool(pc.all(pc.less(keys[:-1], keys[1:])).as_py())
 
 
 def _latest_per_key(images: pa.Table) -> pa.Table:

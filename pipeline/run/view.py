@@ -95,7 +95,16 @@ class RunView:
         self.layout = layout
         self.model = model
         self.background = background  # the class that has no regions, left out of label lists
-        self.index = ledger.images  # every image's latest row (``INDEX_SCHEMA``), in key order
+        # Every image's latest row, in key order, in the few columns the readers use: the
+        # ledger's keys and etags are most of its memory, and a view need not hold them.
+        self.index = pa.table(
+            {
+                "image_id": ledger.images["image_id"],
+                "shard": ledger.images["shard"].combine_chunks().dictionary_encode(),
+                "status": ledger.images["status"].combine_chunks().dictionary_encode(),
+                "region_count": ledger.images["region_count"],
+            }
+        )
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -137,7 +146,9 @@ def iter_parts(
     go after its last, so a run labeled in one pass holds one shard at a time (a run of
     several passes, one per pass). ``regions``: the region columns to read; None reads no
     records file."""
-    shards = index["shard"].combine_chunks().dictionary_encode()
+    shards = index["shard"].combine_chunks()
+    if not pa.types.is_dictionary(shards.type):
+        shards = shards.dictionary_encode()
     codes = shards.indices.to_numpy()
     if not len(codes):
         return
