@@ -61,9 +61,14 @@ def image_listing(listed: Iterable[ObjectInfo], leave_out: Callable[[ObjectInfo]
                 rows = []
     if rows or not chunks:
         chunks.append(_batch(rows))
-    table = pa.Table.from_batches(chunks).combine_chunks()
-    table = table.take(pc.sort_indices(table["key"]))
-    uri, key, size, etag = (table[name].combine_chunks() for name in _NAMES)
+    columns = [pa.chunked_array(c).combine_chunks() for c in zip(*chunks, strict=True)]
+    del chunks
+    key = columns[1]
+    if len(key) > 1 and not pc.all(pc.less(key[:-1], key[1:])).as_py():
+        order = pc.sort_indices(key)
+        for n in range(len(columns)):  # one column at a time: a copy of one, not of all
+            columns[n] = columns[n].take(order)
+    uri, key, size, etag = columns
     return Listing(uri, key, size, etag, skipped)
 
 
