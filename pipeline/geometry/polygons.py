@@ -99,8 +99,10 @@ def edge_rings(chains: Sequence[npt.NDArray[Any]]) -> EdgeRings:
     heads = ends - lengths
     following = _cyclic(len(pixels), heads, ends, 1)
     preceding = _cyclic(len(pixels), heads, ends, -1)
-    arrive = _ARRIVE[_direction(pixels - pixels[preceding])]
-    steps = (_LEAVE[_direction(pixels[following] - pixels)] - arrive) % 4
+    # Each pixel's step to the next; the step it was arrived by is its predecessor's.
+    leaving = _direction(pixels[following] - pixels)
+    arrive = _ARRIVE[leaving[preceding]]
+    steps = (_LEAVE[leaving] - arrive) % 4
     steps[steps == 0] = 4  # leaving by the corner it arrived by: around the tip of a spur
     owner = np.repeat(np.arange(len(pixels)), steps)
     walked = np.cumsum(steps)
