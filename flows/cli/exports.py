@@ -49,6 +49,16 @@ def export_command(
         ),
     ] = None,
     wkb: Annotated[bool, typer.Option("--wkb", help="parquet: add a WKB geometry column.")] = False,
+    split: Annotated[
+        int | None,
+        typer.Option(
+            "--split",
+            metavar="N",
+            help="Label Studio: tasks in files of at most N (label-studio/tasks-NNNNN.json), "
+            "each imported on its own.",
+            show_default="one label-studio.json",
+        ),
+    ] = None,
 ) -> None:
     """Write exports from a run's records; the model is not run again.
 
@@ -59,6 +69,7 @@ def export_command(
         "ls_regions": "--ls-regions",
         "image_url_prefix": "--image-url-prefix",
         "local_files_root": "--local-files-root",
+        "ls_split": "--split",
     }
     try:
         options = ExportOptions(
@@ -66,6 +77,7 @@ def export_command(
             image_url_prefix=image_url_prefix,
             local_files_root=local_files_root,
             wkb=wkb,
+            ls_split=split,
         )
         chosen = tuple(formats) if formats else recorded_formats(run)
         check_formats(chosen)

@@ -21,6 +21,7 @@ A local source URI is an absolute path only a browser on this machine can open.
 from __future__ import annotations
 
 import posixpath
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import PurePosixPath
@@ -34,6 +35,7 @@ from pipeline.formats.streams import JsonArray
 from pipeline.geometry.class_maps import class_colours
 from pipeline.geometry.rle import region_crop, run_lengths_from_crop
 from pipeline.run.view import ExportError, ExportOptions, Part, RunView
+from pipeline.storage import NotFoundError
 
 __all__ = [
     "brush_rle",
@@ -56,16 +58,57 @@ _RUN_LIMITS = 1 << _RUN_BITS  # the longest run each width holds (the field stor
 
 
 def export_label_studio(view: RunView, options: ExportOptions) -> tuple[str, ...]:
-    tasks_uri = view.layout.export("label-studio.json")
     config_uri = view.layout.export("label-config.xml")
-    with view.layout.storage.write_stream(tasks_uri) as out:
-        tasks = JsonArray(out)
-        for part in view.parts():
-            tasks.extend(tasks_of_part(part, view, options))
-        tasks.close()
+    if options.ls_split is None:
+        tasks_uri = view.layout.export("label-studio.json")
+        with view.layout.storage.write_stream(tasks_uri) as out:
+            tasks = JsonArray(out)
+            for part in view.parts():
+                tasks.extend(tasks_of_part(part, view, options))
+            tasks.close()
+        written = [tasks_uri]
+    else:
+        written = _split_tasks(view, options, options.ls_split)
     config = label_config(view.class_names, view.background)
     view.layout.storage.write_atomic(config_uri, config.encode())
-    return (tasks_uri, config_uri)
+    return (*written, config_uri)
+
+
+_SPLIT_FOLDER = "label-studio"
+_SPLIT_FILE = re.compile(r"tasks-\d{5,}\.json")
+
+
+def _split_tasks(view: RunView, options: ExportOptions, size: int) -> list[str]:
+    """Tasks in key order, ``size`` to a file (``label-studio/tasks-00000.json``, ...): each
+    file a JSON array Label Studio imports on its own. Files of an earlier export beyond the
+    last one written now are removed, so the folder holds this export only."""
+    storage = view.layout.storage
+    folder = view.layout.export(_SPLIT_FOLDER)
+    written: list[str] = []
+    pending: list[dict[str, Any]] = []
+
+    def flush(tasks: list[dict[str, Any]]) -> None:
+        uri = storage.join(folder, f"tasks-{len(written):05d}.json")
+        with storage.write_stream(uri) as out:
+            array = JsonArray(out)
+            array.extend(tasks)
+            array.close()
+        written.append(uri)
+
+    for part in view.parts():
+        pending += tasks_of_part(part, view, options)
+        while len(pending) >= size:
+            flush(pending[:size])
+            pending = pending[size:]
+    if pending or not written:
+        flush(pending)
+    try:
+        earlier = [item.uri for item in storage.list(folder) if _SPLIT_FILE.fullmatch(item.key)]
+    except NotFoundError:
+        earlier = []
+    for uri in sorted(set(earlier) - set(written)):
+        storage.delete(uri)
+    return written
 
 
 def label_studio_tasks(view: RunView, options: ExportOptions) -> list[dict[str, Any]]:

@@ -12,7 +12,14 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from pipeline.errors import PrelabelError
@@ -38,6 +45,9 @@ class ExportOptions(BaseModel):
     image_url_prefix: str | None = None
     local_files_root: str | None = None
     wkb: bool = False  # parquet: add a WKB geometry column with GeoParquet metadata
+    # Label Studio: tasks in files of at most this many (label-studio/tasks-NNNNN.json), for
+    # runs too large to import as one file; None: one label-studio.json
+    ls_split: int | None = Field(default=None, ge=1)
 
     @field_validator("local_files_root")
     @classmethod

@@ -81,3 +81,21 @@ def test_an_export_that_fails_half_way_leaves_no_file(
             export(view, [name], ExportOptions())
     left = [p for p in tmp_path.joinpath("exports").rglob("*") if p.is_file()]
     assert left == []
+
+
+def test_split_label_studio_files_hold_the_tasks_of_one_file_in_order(tmp_path: Path) -> None:
+    """``--split N``: the one file's tasks, N to a file, each file a JSON array of its own; an
+    export split coarser than an earlier one leaves none of the earlier files behind."""
+    write_sharded_run(tmp_path)
+    view = open_run(str(tmp_path))
+    export(view, ["label-studio"], ExportOptions())
+    whole = json.loads((tmp_path / "exports" / "label-studio.json").read_bytes())
+    folder = tmp_path / "exports" / "label-studio"
+    for size in (3, 5, len(whole) + 1):
+        written = export(view, ["label-studio"], ExportOptions(ls_split=size))
+        files = sorted(folder.iterdir())
+        assert [Path(uri) for uri in written] == [*files, tmp_path / "exports/label-config.xml"]
+        tasks = [json.loads(path.read_bytes()) for path in files]
+        assert [len(t) for t in tasks[:-1]] == [size] * (len(files) - 1)
+        assert 0 < len(tasks[-1]) <= size
+        assert [task for part in tasks for task in part] == whole
