@@ -8,9 +8,9 @@ Palette and grey PNGs hold class indices; RGB PNGs hold ``labelmap.txt`` colours
 ``labelmap.txt`` its line order names the indices, else indices are the model's class ids. A COCO
 instances file pairs ``file_name`` with the key, and its categories are matched by name.
 
-Truth pixels of 255 are "not labeled" and are left out of every figure. All the truth (PNGs,
-``labelmap.txt``, ``index.csv``, or the JSON) is read once, so ``sha256`` can say exactly which
-labels a figure was computed against.
+Truth pixels of 255 are "not labeled" and are left out of every figure. Every file of the truth
+(PNGs, ``labelmap.txt``, ``index.csv``, or the JSON) is hashed as it is read, so ``sha256`` can
+say exactly which labels a figure was computed against; masks are read as images are scored.
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ class TruthError(PrelabelError):
 class Truth(Protocol):
     source: str
     names: tuple[str, ...] | None  # what the truth's classes are called; None: bare class ids
-    sha256: str  # of every label the truth holds
+
+    @property
+    def sha256(self) -> str: ...  # of every label the truth holds
 
     def has(self, key: str) -> bool: ...
     def read(
@@ -70,28 +72,29 @@ def check_names(truth: Truth, class_names: Sequence[str]) -> None:
 
 
 class MaskTruth:
+    """A masks folder, read a mask at a time as images are scored: a million masks would not
+    fit in memory. Each file is hashed as it is read; ``sha256`` reads those no image used."""
+
     def __init__(self, source: str, storage: Storage) -> None:
         self.source = source
+        self.storage = storage
         try:
-            files = {
-                info.key: storage.read(info.uri)
+            self.uris = {
+                info.key: info.uri
                 for info in storage.list(source)
                 if info.key.lower().endswith(".png") or info.key in ("labelmap.txt", "index.csv")
             }
         except StorageError as exc:
             raise TruthError(f"{source}: cannot read the truth masks ({exc})") from exc
-        digest = hashlib.sha256()
-        for name in sorted(files):
-            digest.update(f"{name}\t{hashlib.sha256(files[name]).hexdigest()}\n".encode())
-        self.sha256 = digest.hexdigest()
+        self.digests: dict[str, str] = {}  # sha256 of each file read so far
         self.colours: dict[tuple[int, int, int], int] = {}
         self.names: tuple[str, ...] | None = None
-        if "labelmap.txt" in files:
-            self.names, self.colours = _labelmap(files["labelmap.txt"], source)
-        self.masks = {name: data for name, data in files.items() if name.lower().endswith(".png")}
+        if "labelmap.txt" in self.uris:
+            self.names, self.colours = _labelmap(self._read("labelmap.txt"), source)
+        self.masks = {name for name in self.uris if name.lower().endswith(".png")}
         if not self.masks:
             raise TruthError(f"{source}: no PNG masks found")
-        self.entries = _index(files["index.csv"], source) if "index.csv" in files else None
+        self.entries = _index(self._read("index.csv"), source) if "index.csv" in self.uris else None
         folder = f"{CLASSES_FOLDER}/"
         nested = any(name.startswith(folder) for name in self.masks)
         self.stems = {
@@ -99,6 +102,24 @@ class MaskTruth:
             for name in self.masks
             if not nested or name.startswith(folder)
         }
+
+    @property
+    def sha256(self) -> str:
+        """Of every file's name and bytes, in name order: which labels the figures are of."""
+        for name in sorted(set(self.uris) - set(self.digests)):
+            self._read(name)
+        digest = hashlib.sha256()
+        for name in sorted(self.digests):
+            digest.update(f"{name}\t{self.digests[name]}\n".encode())
+        return digest.hexdigest()
+
+    def _read(self, name: str) -> bytes:
+        try:
+            data = self.storage.read(self.uris[name])
+        except StorageError as exc:
+            raise TruthError(f"{self.source}: cannot read the truth masks ({exc})") from exc
+        self.digests[name] = hashlib.sha256(data).hexdigest()
+        return data
 
     def _mask_of(self, key: str) -> str | None:
         if self.entries is not None:
@@ -120,8 +141,9 @@ class MaskTruth:
             raise TruthError(f"{key}: no truth mask")
         if name not in self.masks:
             raise TruthError(f"{key}: mask {name} named in index.csv is not in {self.source}")
+        data = self._read(name)
         try:
-            with Image.open(io.BytesIO(self.masks[name])) as image:
+            with Image.open(io.BytesIO(data)) as image:
                 image.load()
                 values = self._indices(image, name)
         except TruthError:

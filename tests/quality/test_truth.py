@@ -3,6 +3,7 @@ way a truth can be wrong refused with the file and the reason."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from pycocotools import mask as mask_utils
 
 from deeplab.metrics import IGNORE_INDEX
 from pipeline.quality.truth import TruthError, check_names, open_truth
+from pipeline.storage import LocalStorage
 
 MODEL = ("background", "disc", "box", "ring")
 
@@ -104,3 +106,31 @@ def test_coco_annotations_paint_in_file_order_as_pycocotools_draws_them(tmp_path
     path.write_text("{not json")
     with pytest.raises(TruthError, match="not a COCO instances file"):
         open_truth(str(path))
+
+
+def test_masks_are_read_as_scored_and_the_digest_covers_every_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening a masks folder reads no mask; the digest is of every file's name and bytes, the
+    ones no image used included, so it names the exact labels a figure was computed against."""
+    (tmp_path / "labelmap.txt").write_text("background:0,0,0::\ndisc:1,1,1::\n")
+    for name in ("a", "b", "c"):
+        _palette_mask(tmp_path / "SegmentationClass" / f"{name}.png", np.eye(3) * (name != "b"))
+    reads: list[str] = []
+    read = LocalStorage.read
+
+    def counted(self: LocalStorage, uri: str) -> bytes:
+        reads.append(uri)
+        return read(self, uri)
+
+    monkeypatch.setattr(LocalStorage, "read", counted)
+    truth = open_truth(str(tmp_path))
+    assert [Path(uri).name for uri in reads] == ["labelmap.txt"]
+    truth.read("a.jpg", MODEL, 0)
+    assert [Path(uri).name for uri in reads] == ["labelmap.txt", "a.png"]
+    expected = hashlib.sha256()
+    for path in sorted(p for p in tmp_path.rglob("*") if p.is_file()):
+        name = path.relative_to(tmp_path).as_posix()
+        expected.update(f"{name}\t{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+    assert truth.sha256 == expected.hexdigest()
+    assert sorted(Path(uri).name for uri in reads) == ["a.png", "b.png", "c.png", "labelmap.txt"]
