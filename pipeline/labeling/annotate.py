@@ -207,7 +207,8 @@ def finish_run(plan: RunPlan) -> RunSummary:
     config, layout = plan.config, plan.layout
     verify_lease(layout.storage, layout.lease, plan.lease)
     try:
-        view = view_of(layout, plan.model, config.regions.background, _maintained(layout, config))
+        _maintain(layout, config)
+        view = view_of(layout, plan.model, config.regions.background)
     except DamagedShardError as exc:
         quarantine(layout, exc.damage)
         raise
@@ -255,15 +256,13 @@ def finish_run(plan: RunPlan) -> RunSummary:
     )
 
 
-def _maintained(layout: RunLayout, config: RunConfig) -> Ledger:
-    """The ledger with small shards compacted and the index brought up to date, so that the
-    exports and the next run read few files."""
+def _maintain(layout: RunLayout, config: RunConfig) -> None:
+    """Small shards compacted and the index brought up to date, so that the exports and the
+    next run read few files; the exports then read the index's few columns they need."""
     ledger = Ledger.load(layout)
     if ledger.damaged:
-        return ledger  # view_of raises for it
-    ledger = compact(layout, ledger, config.shard_size)
-    ledger.save_index(layout)
-    return ledger
+        return  # view_of raises for it
+    compact(layout, ledger, config.shard_size).save_index(layout)
 
 
 def finish_if_done(config: RunConfig, lease: str) -> RunSummary | None:

@@ -14,7 +14,6 @@ that is gone (moved aside as damaged).
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
@@ -91,13 +90,21 @@ class Ledger:
     indexed: frozenset[str] = frozenset()  # shards known from the index, their files unread
 
     @classmethod
-    def load(cls, layout: RunLayout, *, use_index: bool = True) -> Ledger:
+    def load(
+        cls, layout: RunLayout, *, use_index: bool = True, columns: Sequence[str] | None = None
+    ) -> Ledger:
         """The index plus every shard that landed since it was written (every shard without
         ``use_index``). A listing or read that fails raises: taking a run folder that could
-        not be read for an empty one would label everything again over it."""
+        not be read for an empty one would label everything again over it.
+
+        ``columns``: a ledger to read a run with, not to plan or check one: when the index
+        holds every shard, only these of its columns (a million keys and etags are most of
+        its memory); else every column, as without it."""
         present = _shard_ids(layout)
-        indexed = _read_index(layout, present) if use_index else None
+        indexed = _read_index(layout, present, columns) if use_index else None
         covered = set(indexed[1]) if indexed else set()
+        if indexed and columns is not None and covered == set(present):
+            return cls(indexed[0], tuple(sorted(covered)), indexed=frozenset(covered))
         tables = [indexed[0]] if indexed else []
         shards, damaged = [s for s in present if s in covered], []
         for shard in (s for s in present if s not in covered):
@@ -228,16 +235,21 @@ def read_shard_file(
         raise DamagedShardError(Damage(name, uri, str(exc).splitlines()[0])) from exc
 
 
-def _read_index(layout: RunLayout, present: Sequence[str]) -> tuple[pa.Table, list[str]] | None:
+def _read_index(
+    layout: RunLayout, present: Sequence[str], columns: Sequence[str] | None = None
+) -> tuple[pa.Table, list[str]] | None:
     """The index, or None where it must be rebuilt: missing, unreadable, of another schema, or
-    naming a shard that is no longer there (its rows may hide older rows of the same keys)."""
+    naming a shard that is no longer there (its rows may hide older rows of the same keys).
+    ``columns``: only those, when the index holds every shard in ``present``; else all."""
     try:
         data = layout.storage.read(layout.index)
     except NotFoundError:
         return None
     try:
-        table = pq.read_table(io.BytesIO(data), schema=INDEX_SCHEMA)
-        covered = json.loads(pq.read_schema(io.BytesIO(data)).metadata[_COVERED])
+        covered = json.loads(pq.read_schema(pa.BufferReader(data)).metadata[_COVERED])
+        behind = set(present) - set(covered)
+        wanted = None if columns is None or behind else list(columns)
+        table = pq.read_table(pa.BufferReader(data), schema=INDEX_SCHEMA, columns=wanted)
     except (pa.ArrowException, OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("%s: unreadable (%s); rebuilding it from the shards", layout.index, exc)
         return None

@@ -73,6 +73,8 @@ class ExportOptions(BaseModel):
 
 
 REGION_COLUMNS: tuple[str, ...] = tuple(REGIONS_SCHEMA.names)
+# What a view keeps of each image's latest row (``RunView.index``).
+VIEW_COLUMNS = ("image_id", "shard", "status", "region_count")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,12 +109,13 @@ class RunView:
         self.background = background  # the class that has no regions, left out of label lists
         # Every image's latest row, in key order, in the few columns the readers use: the
         # ledger's keys and etags are most of its memory, and a view need not hold them.
+        images = ledger.images
         self.index = pa.table(
             {
-                "image_id": ledger.images["image_id"],
-                "shard": ledger.images["shard"].combine_chunks().dictionary_encode(),
-                "status": ledger.images["status"].combine_chunks().dictionary_encode(),
-                "region_count": ledger.images["region_count"],
+                "image_id": images["image_id"],
+                "shard": images["shard"].combine_chunks().dictionary_encode(),
+                "status": images["status"].combine_chunks().dictionary_encode(),
+                "region_count": images["region_count"],
             }
         )
 
@@ -233,7 +236,7 @@ def view_of(
 ) -> RunView:
     """Raises ``DamagedShardError`` for the first shard file that cannot be parsed: an export
     that left its images out would look complete and not be. ``ledger``: one just loaded."""
-    ledger = ledger or Ledger.load(layout)
+    ledger = ledger or Ledger.load(layout, columns=VIEW_COLUMNS)
     if ledger.damaged:
         raise DamagedShardError(ledger.damaged[0])
     view = RunView(layout, model, background, ledger)

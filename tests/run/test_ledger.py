@@ -185,3 +185,21 @@ def test_a_truncated_images_file_known_from_the_index_is_found_by_its_tail(
     assert [(d.shard, d.reason) for d in damage] == [
         ("shard-0001-00001", "truncated: no Parquet footer")
     ]
+
+
+def test_a_reading_ledger_takes_a_few_index_columns_while_the_index_holds_every_shard(
+    layout: RunLayout, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What exports read a run with: keys and etags stay on disk. An index behind the shards
+    is read whole and merged, as without ``columns``."""
+    columns = ["image_id", "shard", "status", "region_count"]
+    full = Ledger.load(layout)
+    full.save_index(layout)
+    reads = _reading(monkeypatch)
+    slim = Ledger.load(layout, columns=columns)
+    assert reads == ["run/index.parquet"] and "rebuilding" not in caplog.text
+    assert slim.images.equals(full.images.select(columns))
+    assert slim.shards == full.shards
+    _shard(layout, "shard-0002-00000", [("b", "e3", "ok", False)])
+    behind = Ledger.load(layout, columns=columns)
+    assert behind.images.equals(Ledger.load(layout, use_index=False).images)
