@@ -9,8 +9,6 @@ so re-exporting, or exporting after an incremental run, keeps every id it had.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -59,9 +57,14 @@ def coco_info(view: RunView) -> dict[str, Any]:
 
 
 def coco_of_part(part: Part) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The images and annotations of a part of the run, in its order. Built column by column:
-    a part holds tens of thousands of regions, too many for a Python dict of each row."""
-    images = {
+    """The images and annotations of a part of the run, in its order."""
+    images = coco_images(part)
+    return list(images.values()), coco_annotations(part, images)
+
+
+def coco_images(part: Part) -> dict[str, dict[str, Any]]:
+    """Image id -> COCO image, for the part's labeled images."""
+    return {
         row["image_id"]: {
             "id": coco_id(str(row["image_id"])),
             "file_name": row["key"],
@@ -70,9 +73,14 @@ def coco_of_part(part: Part) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
         }
         for row in part.ok_images()
     }
+
+
+def coco_annotations(part: Part, images: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The part's regions as COCO annotations of ``images``, built column by column: a part
+    holds tens of thousands of regions, too many for a Python dict of each row first."""
     regions = part.regions
     if not regions.num_rows:
-        return list(images.values()), []
+        return []
     column = {name: regions.column(name).to_pylist() for name in _LIST_COLUMNS}
     boxes = regions.column("bbox").combine_chunks().values.to_numpy().astype(np.float64)
     polygons = _polygons(regions.column("polygons"), regions.column("geometry"))
@@ -112,7 +120,7 @@ def coco_of_part(part: Part) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
         areas, found = _areas_and_boxes([rings for _, rings in shapes], height, width)
         for (index, _), area, box in zip(shapes, areas.tolist(), found.tolist(), strict=True):
             annotations[index]["area"], annotations[index]["bbox"] = area, box
-    return list(images.values()), annotations
+    return annotations
 
 
 _LIST_COLUMNS = ("image_id", "region_id", "class_id", "score", "area", "rle", "fidelity")
@@ -161,21 +169,21 @@ def _areas_and_boxes(
 
 
 def export_coco(view: RunView, options: ExportOptions) -> tuple[str, ...]:
-    """Images go straight to the file and annotations to a local spool, appended after them:
-    COCO lists every image before any annotation, and the run is read once."""
+    """COCO lists every image before any annotation, so the run is read in two passes: its
+    images files for the images, then its records for the annotations. Nothing is spooled:
+    a million images' annotations are tens of GB."""
     uri = view.layout.export("coco.json")
-    with view.layout.storage.write_stream(uri) as out, tempfile.TemporaryFile() as spool:
+    with view.layout.storage.write_stream(uri) as out:
         out.write(orjson.dumps({"info": coco_info(view)})[:-1] + b',"images":')
-        images, annotations = JsonArray(out), JsonArray(spool)
-        for part in view.parts(_COLUMNS):
-            part_images, part_annotations = coco_of_part(part)
-            images.extend(part_images)
-            annotations.extend(part_annotations)
+        images = JsonArray(out)
+        for part in view.parts(regions=None):
+            images.extend(list(coco_images(part).values()))
         images.close()
-        annotations.close()
         out.write(b',"annotations":')
-        spool.seek(0)
-        shutil.copyfileobj(spool, out)
+        annotations = JsonArray(out)
+        for part in view.parts(_COLUMNS):
+            annotations.extend(coco_annotations(part, coco_images(part)))
+        annotations.close()
         categories = coco_categories(view.class_names, view.background)
         out.write(b',"categories":' + orjson.dumps(categories) + b"}")
     return (uri,)
