@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -107,3 +108,18 @@ def slow_reads(seconds: float) -> dict[str, str]:
     however fast the machine. Pass ``--workers 1`` too, so reads do not overlap."""
     site = str(Path(__file__).parent / "slow_reads")
     return {"SLOW_READ_SECONDS": str(seconds), "PYTHONPATH": os.pathsep.join([site, *sys.path])}
+
+
+def record_reads(
+    monkeypatch: pytest.MonkeyPatch, label: Callable[[str], str] = lambda uri: uri
+) -> list[str]:
+    """Every later ``LocalStorage.read``, as ``label`` names its URI, in order."""
+    reads: list[str] = []
+    real = LocalStorage.read
+
+    def counted(self: LocalStorage, uri: str) -> bytes:
+        reads.append(label(uri))
+        return real(self, uri)
+
+    monkeypatch.setattr(LocalStorage, "read", counted)
+    return reads

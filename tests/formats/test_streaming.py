@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.formats import ExportOptions, export, open_run
-from pipeline.storage import LocalStorage
 from tests.formats.sharded_run import write_sharded_run
+from tests.helpers import record_reads
 
 GOLDEN = json.loads((Path(__file__).parent / "golden_exports.json").read_text())
 EVERY = ["coco", "label-studio", "cvat", "masks", "parquet"]
@@ -45,14 +45,7 @@ def test_each_shard_file_is_read_once_per_pass_in_key_order(
 ) -> None:
     write_sharded_run(tmp_path)
     view = open_run(str(tmp_path))
-    reads: list[str] = []
-    real = LocalStorage.read
-
-    def counted(self: LocalStorage, uri: str) -> bytes:
-        reads.append(Path(uri).relative_to(tmp_path).as_posix())
-        return real(self, uri)
-
-    monkeypatch.setattr(LocalStorage, "read", counted)
+    reads = record_reads(monkeypatch, lambda uri: Path(uri).relative_to(tmp_path).as_posix())
     parts = list(view.parts())
     keys = [key for part in parts for key in part.images["key"].to_pylist()]
     assert keys == sorted(keys) and len(keys) == view.image_count

@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 
 from deeplab.metrics import IGNORE_INDEX
 from pipeline.quality.truth import TruthError, check_names, open_truth
-from pipeline.storage import LocalStorage
+from tests.helpers import record_reads
 
 MODEL = ("background", "disc", "box", "ring")
 
@@ -116,14 +116,7 @@ def test_masks_are_read_as_scored_and_the_digest_covers_every_file(
     (tmp_path / "labelmap.txt").write_text("background:0,0,0::\ndisc:1,1,1::\n")
     for name in ("a", "b", "c"):
         _palette_mask(tmp_path / "SegmentationClass" / f"{name}.png", np.eye(3) * (name != "b"))
-    reads: list[str] = []
-    read = LocalStorage.read
-
-    def counted(self: LocalStorage, uri: str) -> bytes:
-        reads.append(uri)
-        return read(self, uri)
-
-    monkeypatch.setattr(LocalStorage, "read", counted)
+    reads = record_reads(monkeypatch)
     truth = open_truth(str(tmp_path))
     assert [Path(uri).name for uri in reads] == ["labelmap.txt"]
     truth.read("a.jpg", MODEL, 0)

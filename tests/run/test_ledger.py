@@ -15,7 +15,7 @@ from pipeline.run.layout import RunLayout
 from pipeline.run.ledger import Ledger, LedgerConflictError
 from pipeline.run.tables import REGIONS_SCHEMA, images_table, regions_table, write_table
 from pipeline.storage import LocalStorage, ObjectInfo
-from tests.helpers import latest
+from tests.helpers import latest, record_reads
 from tests.runs import CLASS_NAMES, image_record
 
 
@@ -123,15 +123,7 @@ def test_an_empty_folder_is_an_empty_ledger(tmp_path: Path) -> None:
 
 def _reading(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The shard files every later ``storage.read`` opens, by folder and name."""
-    reads: list[str] = []
-    real = LocalStorage.read
-
-    def counted(self: LocalStorage, uri: str) -> bytes:
-        reads.append("/".join(Path(uri).parts[-2:]))
-        return real(self, uri)
-
-    monkeypatch.setattr(LocalStorage, "read", counted)
-    return reads
+    return record_reads(monkeypatch, lambda uri: "/".join(Path(uri).parts[-2:]))
 
 
 def test_a_saved_index_is_read_instead_of_the_shards_it_holds(
