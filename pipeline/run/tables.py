@@ -129,7 +129,9 @@ def images_table(images: Sequence[ImageRecord]) -> pa.Table:
     return pa.Table.from_pylist([dataclasses.asdict(i) for i in images], schema=IMAGES_SCHEMA)
 
 
-def write_table(storage: Storage, uri: str, table: pa.Table) -> None:
+def write_table(
+    storage: Storage, uri: str, table: pa.Table, *, row_group_size: int | None = None
+) -> None:
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
+    pq.write_table(table, buffer, compression="zstd", row_group_size=row_group_size)
     storage.write_atomic(uri, buffer.getvalue())

@@ -113,8 +113,9 @@ class RunView:
         self.index = pa.table(
             {
                 "image_id": images["image_id"],
-                "shard": images["shard"].combine_chunks().dictionary_encode(),
-                "status": images["status"].combine_chunks().dictionary_encode(),
+                # Encoded chunk by chunk: a million strings are never copied whole.
+                "shard": pc.dictionary_encode(images["shard"]).combine_chunks(),
+                "status": pc.dictionary_encode(images["status"]).combine_chunks(),
                 "region_count": images["region_count"],
             }
         )

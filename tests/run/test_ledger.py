@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+import pipeline.run.ledger as ledger_module
 from pipeline.geometry.policy import RegionPolicy
 from pipeline.geometry.regions import image_regions
 from pipeline.run.layout import RunLayout
@@ -195,3 +197,20 @@ def test_a_reading_ledger_takes_a_few_index_columns_while_the_index_holds_every_
     _shard(layout, "shard-0002-00000", [("b", "e3", "ok", False)])
     behind = Ledger.load(layout, columns=columns)
     assert behind.images.equals(Ledger.load(layout, use_index=False).images)
+
+
+def test_an_index_of_many_row_groups_reads_back_the_same_rows(
+    layout: RunLayout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large index is written a row group at a time; whole or in a few columns it reads
+    back as the rows it was made from, and a rerun matches a listing against it."""
+    monkeypatch.setattr(ledger_module, "_INDEX_ROWS", 2)
+    full = Ledger.load(layout)
+    full.save_index(layout)
+    assert pq.ParquetFile(layout.index).metadata.num_row_groups > 1
+    indexed = Ledger.load(layout)
+    assert indexed.images.equals(full.images) and indexed.indexed == set(full.shards)
+    slim = Ledger.load(layout, columns=["image_id", "shard"])
+    assert slim.images.equals(full.images.select(["image_id", "shard"]))
+    listed = [_item(key, "e1") for key in ("a", "b", "c", "z")]
+    assert indexed.todo(listed) == full.todo(listed)
