@@ -17,7 +17,7 @@ from torch import nn
 
 from deeplab.scenes import scenes
 from pipeline.run.layout import RunLayout
-from pipeline.run.ledger import Ledger
+from pipeline.run.ledger import LatestRows
 from pipeline.run.manifest import ModelInfo
 from pipeline.run.view import RunView
 from pipeline.storage import LocalStorage
@@ -82,7 +82,7 @@ def merged(out: Path) -> tuple[pa.Table, pa.Table]:
 def latest(layout: RunLayout) -> tuple[pa.Table, pa.Table]:
     """The latest full images rows of a run folder and their regions, as exporters read them."""
     unnamed = ModelInfo(ref="", arch="", source="", model_version="", class_names=())
-    view = RunView(layout, unnamed, None, Ledger.load(layout))
+    view = RunView(layout, unnamed, None, LatestRows.load(layout))
     return view.images, view.regions
 
 

@@ -21,7 +21,6 @@ from itertools import chain, count
 
 import numpy as np
 import numpy.typing as npt
-import pyarrow.compute as pc
 
 from pipeline.geometry.class_maps import class_colours
 from pipeline.geometry.rle import region_crop
@@ -53,8 +52,7 @@ def _header(view: RunView) -> list[ET.Element]:
     meta = ET.Element("meta")
     task = ET.SubElement(meta, "task")
     ET.SubElement(task, "name").text = xml_text(f"prelabel {view.model.model_version}")
-    labeled = pc.sum(pc.equal(view.index["status"], "ok")).as_py() or 0
-    ET.SubElement(task, "size").text = str(labeled)
+    ET.SubElement(task, "size").text = str(view.rows.labeled)
     ET.SubElement(task, "mode").text = "annotation"
     labels = ET.SubElement(task, "labels")
     colours = class_colours(len(view.class_names), view.background)

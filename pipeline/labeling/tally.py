@@ -56,7 +56,7 @@ def tally(view: RunView, shards: Collection[str]) -> Tally:
             if count
         },
         shards=stats,
-        held_in=tuple(pc.unique(view.index["shard"]).to_pylist()) if view.image_count else (),
+        held_in=view.rows.held_in,
         engines=tuple(sorted(engines)),
     )
 

@@ -38,7 +38,8 @@ def compact(layout: RunLayout, ledger: Ledger, shard_size: int) -> Ledger:
     generation = ledger.next_generation
     made: list[tuple[str, int]] = []  # new shard, images in it, in key order
     pending: list[Part] = []
-    for part in iter_parts(layout, ledger.images.filter(is_small), REGION_COLUMNS):
+    small_rows = ledger.images.filter(is_small).select(["image_id", "shard"]).to_batches()
+    for part in iter_parts(layout, small_rows, REGION_COLUMNS):
         pending.append(part)
         if sum(p.images.num_rows for p in pending) >= shard_size:
             made.append(_write(layout, f"shard-{generation:04d}-{len(made):05d}", pending))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -51,6 +51,8 @@ INDEX_SCHEMA = pa.schema(
         )
     ]
 )
+# What reading a run takes of each image's latest row (``LatestRows``).
+READ_COLUMNS = ("image_id", "shard", "status", "region_count")
 _COVERED = b"prelabel.shards"  # the index's metadata: the shard ids whose rows it holds
 # Rows per row group of the index: reading a million rows decodes a group at a time, not all
 # of a column's pages at once (measured at 10^6 rows: 63 MB above the table, not 122).
@@ -93,21 +95,13 @@ class Ledger:
     indexed: frozenset[str] = frozenset()  # shards known from the index, their files unread
 
     @classmethod
-    def load(
-        cls, layout: RunLayout, *, use_index: bool = True, columns: Sequence[str] | None = None
-    ) -> Ledger:
+    def load(cls, layout: RunLayout, *, use_index: bool = True) -> Ledger:
         """The index plus every shard that landed since it was written (every shard without
         ``use_index``). A listing or read that fails raises: taking a run folder that could
-        not be read for an empty one would label everything again over it.
-
-        ``columns``: a ledger to read a run with, not to plan or check one: when the index
-        holds every shard, only these of its columns (a million keys and etags are most of
-        its memory); else every column, as without it."""
+        not be read for an empty one would label everything again over it."""
         present = _shard_ids(layout)
-        indexed = _read_index(layout, present, columns) if use_index else None
+        indexed = _read_index(layout, present) if use_index else None
         covered = set(indexed[1]) if indexed else set()
-        if indexed and columns is not None and covered == set(present):
-            return cls(indexed[0], tuple(sorted(covered)), indexed=frozenset(covered))
         tables = [indexed[0]] if indexed else []
         shards, damaged = [s for s in present if s in covered], []
         for shard in (s for s in present if s not in covered):
@@ -194,6 +188,54 @@ class Ledger:
         return wanted.to_numpy(zero_copy_only=False)  # type: ignore[no-any-return]
 
 
+@dataclass(frozen=True, slots=True)
+class LatestRows:
+    """Every image's latest row in key order, for reading a run, with its counts. Read from the
+    index file a row group at a time when it holds every shard, so that a million rows are
+    never decoded at once; else from a ledger's rows, merged in memory (``Ledger.load``)."""
+
+    source: bytes | pa.Table  # the index file, or the rows themselves
+    images: int
+    regions: int
+    labeled: int  # images whose status is "ok"
+    held_in: tuple[str, ...]  # the shards holding them, in the order the keys reach them
+    damaged: tuple[Damage, ...] = ()  # shards left out: their images file cannot be parsed
+
+    @classmethod
+    def load(cls, layout: RunLayout) -> LatestRows:
+        """Every row group is decoded once here, to count: an index damaged inside is then
+        found now, and rebuilt from the shards, not half-way through an export."""
+        present = _shard_ids(layout)
+        found = _index_file(layout, present)
+        if found is not None and set(found[1]) == set(present):
+            try:
+                return cls._counted(found[0])
+            except (pa.ArrowException, OSError, ValueError) as exc:
+                log.warning("%s: unreadable (%s); rebuilding it from the shards", layout.index, exc)
+        ledger = Ledger.load(layout)
+        return cls._counted(ledger.images, ledger.damaged)
+
+    @classmethod
+    def _counted(cls, source: bytes | pa.Table, damaged: tuple[Damage, ...] = ()) -> LatestRows:
+        rows = cls(source, 0, 0, 0, ())
+        images = regions = labeled = 0
+        held: dict[str, None] = {}
+        for batch in rows.batches(READ_COLUMNS):
+            images += batch.num_rows
+            regions += pc.sum(batch["region_count"]).as_py() or 0
+            labeled += pc.sum(pc.equal(batch["status"], "ok")).as_py() or 0
+            held.update(dict.fromkeys(pc.unique(batch["shard"]).to_pylist()))
+        return cls(source, images, regions, labeled, tuple(held), damaged)
+
+    def batches(self, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+        """The rows in key order, in batches of at most a row group of the index."""
+        if isinstance(self.source, pa.Table):
+            yield from self.source.select(list(columns)).to_batches(_INDEX_ROWS)
+            return
+        file = pq.ParquetFile(pa.BufferReader(self.source))
+        yield from file.iter_batches(_INDEX_ROWS, columns=list(columns))
+
+
 def quarantine(layout: RunLayout, damage: Damage) -> str:
     """Move the damaged shard's files aside, kept for inspection, with a note of why; its
     images are then missing from the ledger and get labeled again. Returns the folder."""
@@ -238,27 +280,44 @@ def read_shard_file(
         raise DamagedShardError(Damage(name, uri, str(exc).splitlines()[0])) from exc
 
 
-def _read_index(
-    layout: RunLayout, present: Sequence[str], columns: Sequence[str] | None = None
-) -> tuple[pa.Table, list[str]] | None:
-    """The index, or None where it must be rebuilt: missing, unreadable, of another schema, or
-    naming a shard that is no longer there (its rows may hide older rows of the same keys).
-    ``columns``: only those, when the index holds every shard in ``present``; else all."""
+def _read_index(layout: RunLayout, present: Sequence[str]) -> tuple[pa.Table, list[str]] | None:
+    """The index, or None where it must be rebuilt (``_index_file``)."""
+    found = _index_file(layout, present)
+    if found is None:
+        return None
+    data, covered = found
+    try:
+        table = pq.read_table(pa.BufferReader(data), schema=INDEX_SCHEMA)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        log.warning("%s: unreadable (%s); rebuilding it from the shards", layout.index, exc)
+        return None
+    return table.replace_schema_metadata(None), covered
+
+
+def _index_file(layout: RunLayout, present: Sequence[str]) -> tuple[bytes, list[str]] | None:
+    """The index file's bytes and the shards it holds, its footer checked; None where it must
+    be rebuilt: missing, unreadable, of another schema, or naming a shard that is no longer
+    there (its rows may hide older rows of the same keys)."""
     try:
         data = layout.storage.read(layout.index)
     except NotFoundError:
         return None
     try:
-        covered = json.loads(pq.read_schema(pa.BufferReader(data)).metadata[_COVERED])
-        behind = set(present) - set(covered)
-        wanted = None if columns is None or behind else list(columns)
-        table = pq.read_table(pa.BufferReader(data), schema=INDEX_SCHEMA, columns=wanted)
+        schema = pq.read_schema(pa.BufferReader(data))
+        covered = json.loads(schema.metadata[_COVERED])
+        if not all(_has(schema, field) for field in INDEX_SCHEMA):
+            raise ValueError("not an index of this prelabel version")
     except (pa.ArrowException, OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("%s: unreadable (%s); rebuilding it from the shards", layout.index, exc)
         return None
     if not isinstance(covered, list) or not set(covered) <= set(present):
         return None
-    return table.replace_schema_metadata(None), covered
+    return data, covered
+
+
+def _has(schema: pa.Schema, field: pa.Field) -> bool:
+    at = schema.get_field_index(field.name)
+    return at >= 0 and bool(schema.field(at).type == field.type)
 
 
 def _unique_sorted(images: pa.Table) -> bool:

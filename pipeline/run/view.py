@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -24,7 +24,7 @@ from pydantic_core import PydanticCustomError
 
 from pipeline.errors import PrelabelError
 from pipeline.run.layout import RunLayout
-from pipeline.run.ledger import DamagedShardError, Ledger, read_shard_file
+from pipeline.run.ledger import Damage, DamagedShardError, LatestRows, read_shard_file
 from pipeline.run.manifest import ModelInfo, RunManifest
 from pipeline.run.tables import IMAGES_SCHEMA, REGIONS_SCHEMA
 from pipeline.storage import NotFoundError, is_uri, storage_for
@@ -73,8 +73,6 @@ class ExportOptions(BaseModel):
 
 
 REGION_COLUMNS: tuple[str, ...] = tuple(REGIONS_SCHEMA.names)
-# What a view keeps of each image's latest row (``RunView.index``).
-VIEW_COLUMNS = ("image_id", "shard", "status", "region_count")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,23 +100,12 @@ class RunView:
     ``images`` and ``regions`` hold the whole run at once, for readers that need it whole."""
 
     def __init__(
-        self, layout: RunLayout, model: ModelInfo, background: int | None, ledger: Ledger
+        self, layout: RunLayout, model: ModelInfo, background: int | None, rows: LatestRows
     ) -> None:
         self.layout = layout
         self.model = model
         self.background = background  # the class that has no regions, left out of label lists
-        # Every image's latest row, in key order, in the few columns the readers use: the
-        # ledger's keys and etags are most of its memory, and a view need not hold them.
-        images = ledger.images
-        self.index = pa.table(
-            {
-                "image_id": images["image_id"],
-                # Encoded chunk by chunk: a million strings are never copied whole.
-                "shard": pc.dictionary_encode(images["shard"]).combine_chunks(),
-                "status": pc.dictionary_encode(images["status"]).combine_chunks(),
-                "region_count": images["region_count"],
-            }
-        )
+        self.rows = rows  # every image's latest row, read as the parts are
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -126,15 +113,15 @@ class RunView:
 
     @property
     def image_count(self) -> int:
-        return int(self.index.num_rows)
+        return self.rows.images
 
     @property
     def region_count(self) -> int:
-        return int(pc.sum(self.index["region_count"]).as_py() or 0)
+        return self.rows.regions
 
     def parts(self, regions: Sequence[str] | None = REGION_COLUMNS) -> Iterator[Part]:
         """The run in key order, shard by shard (``iter_parts``)."""
-        return iter_parts(self.layout, self.index, regions)
+        return iter_parts(self.layout, self.rows.batches(("image_id", "shard")), regions)
 
     @cached_property
     def images(self) -> pa.Table:
@@ -153,72 +140,100 @@ class RunView:
 
 
 def iter_parts(
-    layout: RunLayout, index: pa.Table, regions: Sequence[str] | None = REGION_COLUMNS
+    layout: RunLayout,
+    rows: Iterable[pa.RecordBatch],
+    regions: Sequence[str] | None = REGION_COLUMNS,
 ) -> Iterator[Part]:
-    """The images of ``index`` (key-sorted latest rows) in key order, in runs of images whose
-    rows share a shard file. Each shard is read once, when its first image comes up, and let
-    go after its last, so a run labeled in one pass holds one shard at a time (a run of
-    several passes, one per pass). ``regions``: the region columns to read; None reads no
-    records file."""
-    shards = index["shard"].combine_chunks()
-    if not pa.types.is_dictionary(shards.type):
-        shards = shards.dictionary_encode()
-    codes = shards.indices.to_numpy()
-    if not len(codes):
-        return
-    starts = np.flatnonzero(np.diff(codes)) + 1
-    bounds = zip(np.r_[0, starts].tolist(), np.r_[starts, len(codes)].tolist(), strict=True)
-    by_shard = np.argsort(codes, kind="stable")  # each shard's positions, ascending
-    first = np.r_[0, np.cumsum(np.bincount(codes, minlength=len(shards.dictionary)))]
-    image_ids = index["image_id"].combine_chunks()
-    open_shards: dict[int, _OpenShard] = {}
-    for begin, end in bounds:
-        code = int(codes[begin])
-        rows = by_shard[first[code] : first[code + 1]]
-        if code not in open_shards:
-            open_shards[code] = _OpenShard.read(
-                layout, str(shards.dictionary[code]), image_ids.take(rows), regions
-            )
-        yield open_shards[code].next(end - begin)
-        if rows[-1] == end - 1:
-            del open_shards[code]
+    """The images of ``rows`` (the ``image_id`` and ``shard`` of key-sorted latest rows, in
+    batches) in key order, in runs of images whose rows share a shard file. A shard is read
+    when its first image comes up, and let go once the key order passes its last row, so a
+    run labeled in one pass holds one shard at a time (a run of several passes, one per
+    pass). ``regions``: the region columns to read; None reads no records file."""
+    open_shards: dict[str, _OpenShard] = {}
+    for shard, image_ids in _runs(rows):
+        if shard not in open_shards:
+            open_shards[shard] = _OpenShard.read(layout, shard, regions)
+        part = open_shards[shard].take(image_ids)
+        yield part
+        # Every later image sorts after this one: a shard whose rows all sort up to it
+        # holds none of them (rows after its last image here are superseded ones).
+        passed = part.images["key"][-1].as_py()
+        done = [name for name, held in open_shards.items() if held.last_key <= passed]
+        for name in done:
+            del open_shards[name]
+        if done:
+            # Arrow's allocator keeps freed pages for reuse, and shards differ in size: the
+            # pages kept would add up over thousands of shards, so they go back now.
+            pa.default_memory_pool().release_unused()
+
+
+def _runs(batches: Iterable[pa.RecordBatch]) -> Iterator[tuple[str, pa.Array]]:
+    """(shard, image ids) of each run of consecutive rows in one shard, across batches."""
+    shard: str | None = None
+    pending: list[pa.Array] = []
+    for batch in batches:
+        shards, ids = batch["shard"], batch["image_id"]
+        if not batch.num_rows:
+            continue
+        changes = pc.not_equal(shards.slice(1), shards.slice(0, len(shards) - 1))
+        starts = [0, *(np.flatnonzero(changes.to_numpy(zero_copy_only=False)) + 1).tolist()]
+        for begin, end in zip(starts, [*starts[1:], batch.num_rows], strict=True):
+            name = shards[begin].as_py()
+            if name != shard and pending:
+                yield str(shard), pa.concat_arrays(pending)
+                pending = []
+            shard = name
+            pending.append(ids.slice(begin, end - begin))
+    if pending:
+        yield str(shard), pa.concat_arrays(pending)
 
 
 class _OpenShard:
-    """One shard's winning images sorted by key and their regions grouped by image, handed
-    out front to back as the run's key order reaches them."""
+    """One shard's images sorted by key and their regions grouped by image, handed out in
+    runs as the run's key order reaches them; rows the run does not ask for (superseded by a
+    later pass) are skipped."""
 
-    def __init__(self, images: pa.Table, regions: pa.Table, offsets: list[int]) -> None:
-        self.images, self.regions, self.offsets = images, regions, offsets
-        self.at = 0
+    def __init__(self, uri: str, images: pa.Table, regions: pa.Table, offsets: Any) -> None:
+        self.uri, self.images, self.regions, self.offsets = uri, images, regions, offsets
+        self.last_key = str(images["key"][-1].as_py()) if images.num_rows else ""
 
     @classmethod
-    def read(
-        cls, layout: RunLayout, shard: str, winners: pa.Array, columns: Sequence[str] | None
-    ) -> _OpenShard:
-        images = read_shard_file(layout, layout.images(shard), IMAGES_SCHEMA)
-        images = images.filter(pc.is_in(images["image_id"], winners)).sort_by("key")
+    def read(cls, layout: RunLayout, shard: str, columns: Sequence[str] | None) -> _OpenShard:
+        uri = layout.images(shard)
+        images = read_shard_file(layout, uri, IMAGES_SCHEMA).sort_by("key")
         if columns is None:
-            return cls(images, REGIONS_SCHEMA.empty_table(), [0] * (images.num_rows + 1))
+            offsets = np.zeros(images.num_rows + 1, np.int64)
+            return cls(uri, images, REGIONS_SCHEMA.empty_table(), offsets)
         wanted = list(dict.fromkeys(["image_id", "region_index", *columns]))
         regions = read_shard_file(layout, layout.records(shard), REGIONS_SCHEMA, wanted)
         rank = pc.index_in(regions["image_id"], images["image_id"]).combine_chunks()
         ranks = rank.to_numpy(zero_copy_only=False)
         if rank.null_count or not _in_order(ranks, regions["region_index"]):
-            # Rows of superseded images to drop, or written out of order: filtering and
-            # sorting copy every column, polygons included, so only then.
+            # Rows of no image in the shard, or written out of order: filtering and sorting
+            # copy every column, polygons included, so only then.
             regions = regions.append_column("_rank", rank).filter(pc.is_valid(rank))
             regions = regions.sort_by([("_rank", "ascending"), ("region_index", "ascending")])
             ranks = regions["_rank"].to_numpy()
         counts = np.bincount(ranks.astype(np.intp), minlength=images.num_rows)
-        offsets = np.r_[0, np.cumsum(counts)].tolist()
-        return cls(images, regions.select(list(columns)), offsets)
+        return cls(uri, images, regions.select(list(columns)), np.r_[0, np.cumsum(counts)])
 
-    def next(self, count: int) -> Part:
-        begin, end = self.at, self.at + count
-        self.at = end
-        low, high = self.offsets[begin], self.offsets[end]
-        return Part(self.images.slice(begin, count), self.regions.slice(low, high - low))
+    def take(self, image_ids: pa.Array) -> Part:
+        """These images (key order) and their regions: slices where they are consecutive in
+        the shard, as in a run labeled in one pass; copies where superseded rows lie between."""
+        found = pc.index_in(image_ids, self.images["image_id"])
+        if found.null_count:
+            missing = image_ids.filter(found.is_null())[0].as_py()
+            shard = posixpath.basename(self.uri).removesuffix(".parquet")
+            reason = f"no row for image {missing}, which the index lists"
+            raise DamagedShardError(Damage(shard, self.uri, reason))
+        at = found.to_numpy(zero_copy_only=False)
+        first, last = int(at[0]), int(at[-1])
+        if last - first + 1 == len(at):
+            low, high = int(self.offsets[first]), int(self.offsets[last + 1])
+            return Part(self.images.slice(first, len(at)), self.regions.slice(low, high - low))
+        starts, ends = self.offsets[at], self.offsets[at + 1]
+        rows = np.concatenate([np.arange(b, e) for b, e in zip(starts, ends, strict=True)])
+        return Part(self.images.take(at), self.regions.take(rows))
 
 
 def _in_order(ranks: np.ndarray[Any, Any], region_index: pa.ChunkedArray) -> bool:
@@ -232,15 +247,13 @@ def _in_order(ranks: np.ndarray[Any, Any], region_index: pa.ChunkedArray) -> boo
     return bool((np.diff(index)[step == 0] > 0).all())
 
 
-def view_of(
-    layout: RunLayout, model: ModelInfo, background: int | None, ledger: Ledger | None = None
-) -> RunView:
+def view_of(layout: RunLayout, model: ModelInfo, background: int | None) -> RunView:
     """Raises ``DamagedShardError`` for the first shard file that cannot be parsed: an export
-    that left its images out would look complete and not be. ``ledger``: one just loaded."""
-    ledger = ledger or Ledger.load(layout, columns=VIEW_COLUMNS)
-    if ledger.damaged:
-        raise DamagedShardError(ledger.damaged[0])
-    view = RunView(layout, model, background, ledger)
+    that left its images out would look complete and not be."""
+    rows = LatestRows.load(layout)
+    if rows.damaged:
+        raise DamagedShardError(rows.damaged[0])
+    view = RunView(layout, model, background, rows)
     check_label_map(view)
     return view
 

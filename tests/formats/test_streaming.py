@@ -7,9 +7,17 @@ import hashlib
 import json
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
+import pipeline.run.ledger as ledger_module
 from pipeline.formats import ExportOptions, export, open_run
+from pipeline.run.layout import RunLayout
+from pipeline.run.ledger import Ledger
+from pipeline.run.view import iter_parts
+from pipeline.storage import LocalStorage
 from tests.formats.sharded_run import write_sharded_run
 from tests.helpers import record_reads
 
@@ -24,11 +32,20 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("batch", [None, 3])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_streamed_exports_are_byte_for_byte_the_whole_run_ones(case: str, tmp_path: Path) -> None:
+def test_streamed_exports_are_byte_for_byte_the_whole_run_ones(
+    case: str, batch: int | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``golden_exports.json`` holds the digests the whole-run exporters wrote for this run
-    folder, before exports were streamed."""
+    folder, before exports were streamed. ``batch``: the run's rows read from an index of
+    row groups that small, so that runs of one shard span several."""
     write_sharded_run(tmp_path)
+    if batch:
+        monkeypatch.setattr(ledger_module, "_INDEX_ROWS", batch)
+        layout = RunLayout(LocalStorage(), str(tmp_path))
+        Ledger.load(layout).save_index(layout)
+        assert pq.ParquetFile(layout.index).metadata.num_row_groups > 3
     formats, options = CASES[case]
     export(open_run(str(tmp_path)), formats, options)
     root = tmp_path / "exports"
@@ -53,6 +70,22 @@ def test_each_shard_file_is_read_once_per_pass_in_key_order(
     assert {r.split("/")[0] for r in reads} == {"images", "records"}
     assert len(parts) > len(reads) / 2  # interleaved passes: more parts than shards
     assert sum(p.regions.num_rows for p in parts) == view.region_count
+
+
+def test_a_shards_rows_left_out_of_the_rows_asked_for_are_skipped(tmp_path: Path) -> None:
+    """As compaction asks for the images of some shards only: a shard's rows that another
+    shard superseded then lie between rows of one run, and are left out of its part."""
+    write_sharded_run(tmp_path)
+    view = open_run(str(tmp_path))
+    layout = view.layout
+    every = Ledger.load(layout).images
+    first_pass = every.filter(pc.starts_with(every["shard"], "shard-0000-"))
+    parts = list(iter_parts(layout, first_pass.select(["image_id", "shard"]).to_batches()))
+    images = pa.concat_tables([p.images for p in parts])
+    assert images["image_id"].to_pylist() == first_pass["image_id"].to_pylist()
+    assert len(parts) < first_pass.num_rows  # runs of several rows, some with gaps
+    wanted = pc.is_in(view.regions["image_id"], first_pass["image_id"])
+    assert pa.concat_tables([p.regions for p in parts]).equals(view.regions.filter(wanted))
 
 
 def test_an_export_that_fails_half_way_leaves_no_file(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import pipeline.run.ledger as ledger_module
 from pipeline.geometry.policy import RegionPolicy
 from pipeline.geometry.regions import image_regions
 from pipeline.run.layout import RunLayout
-from pipeline.run.ledger import Ledger, LedgerConflictError
+from pipeline.run.ledger import READ_COLUMNS, LatestRows, Ledger, LedgerConflictError
 from pipeline.run.tables import REGIONS_SCHEMA, images_table, regions_table, write_table
 from pipeline.storage import LocalStorage, ObjectInfo
 from tests.helpers import latest, record_reads
@@ -181,22 +182,47 @@ def test_a_truncated_images_file_known_from_the_index_is_found_by_its_tail(
     ]
 
 
-def test_a_reading_ledger_takes_a_few_index_columns_while_the_index_holds_every_shard(
+def _rows(rows: LatestRows, columns: Sequence[str] = READ_COLUMNS) -> pa.Table:
+    return pa.Table.from_batches(list(rows.batches(columns)))
+
+
+def test_a_run_is_read_from_the_index_alone_while_it_holds_every_shard(
     layout: RunLayout, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """What exports read a run with: keys and etags stay on disk. An index behind the shards
-    is read whole and merged, as without ``columns``."""
-    columns = ["image_id", "shard", "status", "region_count"]
+    """What exports read a run with: the index's few columns, with their counts. An index
+    behind the shards is merged with them, as a ledger does."""
     full = Ledger.load(layout)
     full.save_index(layout)
     reads = _reading(monkeypatch)
-    slim = Ledger.load(layout, columns=columns)
+    rows = LatestRows.load(layout)
     assert reads == ["run/index.parquet"] and "rebuilding" not in caplog.text
-    assert slim.images.equals(full.images.select(columns))
-    assert slim.shards == full.shards
+    assert _rows(rows).equals(full.images.select(READ_COLUMNS))
+    assert (rows.images, rows.regions, rows.labeled) == (4, 2, 2)
+    assert rows.held_in == ("shard-0000-00000", "shard-0001-00000", "shard-0001-00001")
     _shard(layout, "shard-0002-00000", [("b", "e3", "ok", False)])
-    behind = Ledger.load(layout, columns=columns)
-    assert behind.images.equals(Ledger.load(layout, use_index=False).images)
+    behind = LatestRows.load(layout)
+    assert _rows(behind).equals(Ledger.load(layout, use_index=False).images.select(READ_COLUMNS))
+    assert behind.held_in == (
+        "shard-0000-00000",
+        "shard-0002-00000",
+        "shard-0001-00000",
+        "shard-0001-00001",
+    )
+
+
+def test_an_index_damaged_inside_is_found_when_the_run_is_opened(
+    layout: RunLayout, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its footer reads, a data page does not: the run's rows come from the shards, not an
+    export that fails half-way."""
+    Ledger.load(layout).save_index(layout)
+    data = bytearray(Path(layout.index).read_bytes())
+    data[4:200] = bytes(196)  # the first column chunks' pages
+    Path(layout.index).write_bytes(bytes(data))
+    rows = LatestRows.load(layout)
+    assert "rebuilding it from the shards" in caplog.text
+    assert isinstance(rows.source, pa.Table)
+    assert _rows(rows).equals(Ledger.load(layout, use_index=False).images.select(READ_COLUMNS))
 
 
 def test_an_index_of_many_row_groups_reads_back_the_same_rows(
@@ -210,7 +236,8 @@ def test_an_index_of_many_row_groups_reads_back_the_same_rows(
     assert pq.ParquetFile(layout.index).metadata.num_row_groups > 1
     indexed = Ledger.load(layout)
     assert indexed.images.equals(full.images) and indexed.indexed == set(full.shards)
-    slim = Ledger.load(layout, columns=["image_id", "shard"])
-    assert slim.images.equals(full.images.select(["image_id", "shard"]))
+    rows = LatestRows.load(layout)
+    assert len(list(rows.batches(["image_id"]))) == 2
+    assert _rows(rows, ["image_id", "shard"]).equals(full.images.select(["image_id", "shard"]))
     listed = [_item(key, "e1") for key in ("a", "b", "c", "z")]
     assert indexed.todo(listed) == full.todo(listed)
