@@ -36,8 +36,12 @@ _WKB_POLYGON = 3
 _WKB_MULTIPOLYGON = 6
 
 
-ROW_GROUP_ROWS = 1 << 16  # rows gathered before a row group is written: a run's first 65,536
-# regions make one group, as a whole-table write makes it, and memory stays bounded after that
+# A row group is written when either is reached: a run's first 65,536 regions make one group,
+# as a whole-table write makes it, unless they hold more bytes, as polygons of many vertices
+# do. The rows held are slices of whole shards, which stay in memory until written: bytes, not
+# rows, bound that, whatever the regions look like.
+ROW_GROUP_ROWS = 1 << 16
+ROW_GROUP_BYTES = 64 << 20
 
 
 def export_parquet(view: RunView, options: ExportOptions) -> tuple[str, ...]:
@@ -65,19 +69,21 @@ def export_parquet(view: RunView, options: ExportOptions) -> tuple[str, ...]:
 
 
 class _RowGroups:
-    """Tables gathered into row groups of ``ROW_GROUP_ROWS`` and written as they fill."""
+    """Tables gathered into row groups (``ROW_GROUP_ROWS``, ``ROW_GROUP_BYTES``) and written
+    as they fill."""
 
     def __init__(self, out: BinaryIO, schema: pa.Schema) -> None:
         self.writer = pq.ParquetWriter(out, schema, compression="zstd")
         self.schema = schema
         self.pending: list[pa.Table] = []
-        self.rows = 0
+        self.rows = self.bytes = 0
         self.written = False
 
     def add(self, table: pa.Table) -> None:
         self.pending.append(table)
         self.rows += table.num_rows
-        if self.rows >= ROW_GROUP_ROWS:
+        self.bytes += table.nbytes
+        if self.rows >= ROW_GROUP_ROWS or self.bytes >= ROW_GROUP_BYTES:
             self._flush()
 
     def __enter__(self) -> _RowGroups:
@@ -96,7 +102,7 @@ class _RowGroups:
             table = pa.concat_tables(self.pending) if self.pending else self.schema.empty_table()
             self.writer.write_table(table.replace_schema_metadata(self.schema.metadata))
             self.written = True
-        self.pending, self.rows = [], 0
+        self.pending, self.rows, self.bytes = [], 0, 0
 
 
 def _regions_schema(wkb: bool) -> pa.Schema:

@@ -16,10 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 from pycocotools import mask as mask_utils
 
-from pipeline.formats import ExportOptions, RunView
+import pipeline.formats.parquet as parquet_module
+from pipeline.formats import ExportOptions, RunView, open_run
 from pipeline.formats.parquet import export_parquet
 from pipeline.geometry.policy import RegionPolicy
 from pipeline.run.tables import REGIONS_SCHEMA
+from tests.formats.sharded_run import write_sharded_run
 from tests.helpers import rasterize
 from tests.runs import write_run
 
@@ -115,6 +117,28 @@ def test_regions_round_trip_with_image_columns(tmp_path: Path) -> None:
         assert row["key"] == image["key"] and row["key"] in maps
         assert (row["height"], row["width"]) == maps[row["key"]].shape
         assert (row["uri"], row["model_version"]) == (image["uri"], image["model_version"])
+
+
+@pytest.mark.parametrize(("rows", "size"), [(20, 1 << 30), (1 << 30, 1)])
+def test_row_groups_end_at_a_count_of_rows_or_of_bytes_and_read_back_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows: int, size: int
+) -> None:
+    """A row group holds whole shards in memory until written: bytes bound it as well as rows
+    (a bound of 1 byte: each part with regions is a group of its own)."""
+    write_sharded_run(tmp_path)
+    view = open_run(str(tmp_path))
+    whole, _ = exported(view)
+    monkeypatch.setattr(parquet_module, "ROW_GROUP_ROWS", rows)
+    monkeypatch.setattr(parquet_module, "ROW_GROUP_BYTES", size)
+    cut, _ = exported(view)
+    assert cut.equals(whole)
+    found = pq.ParquetFile(view.layout.export("regions.parquet")).metadata
+    groups = [found.row_group(i).num_rows for i in range(found.num_row_groups)]
+    if size == 1:
+        assert len(groups) == sum(1 for part in view.parts() if part.regions.num_rows)
+    else:
+        assert len(groups) > 1 and min(groups[:-1]) >= rows
+    assert sum(groups) == whole.num_rows
 
 
 def test_images_keep_failed_rows_with_reasons(tmp_path: Path) -> None:
