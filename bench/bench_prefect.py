@@ -1,7 +1,7 @@
 """Prefect's cost: the same images through the annotate flow and through the plain function.
 
     python bench/bench_prefect.py [--images 2000] [--size 48] [--shard-size 256] [--repeats 3]
-        [--shards N] [--workers N [--database sqlite|postgres]]
+        [--shards N] [--workers N [--database sqlite|postgres] [--run-images N]]
 
 Writes ``--images`` generated scenes of ``--size`` px square (small, so the model is cheap and
 the orchestration is what shows), then times, in this one process and on the same images with
@@ -24,9 +24,10 @@ server (``prefect server start``, its own PREFECT_HOME; SQLite, or ``--database 
 throwaway PostgreSQL 15 cluster, which needs the server binaries and root), a process work
 pool with the shard deployment (``flows.deploy.deploy``) and N ``prefect worker start --type
 process --limit 1`` workers, and times ``annotate_flow(config, executor="deployment")``: the
-parent flow runs here, each shard is a flow run a worker starts in a fresh process. A warm-up
-deployment run of two shards runs first. Peak RSS is also given for the workers (each with the
-flow runs it started).
+parent flow runs here; consecutive shards of fewer than ``--run-images`` images in all
+(``RunConfig.run_images``, 256 by default) share a flow run, which a worker starts in a fresh
+process. A warm-up deployment run of two shards runs first. Peak RSS is also given for the
+workers (each with the flow runs it started).
 
 ``--submit-only``: the parent's side of the scale-out path at full scale, without the minutes
 a process worker spends per shard run (a fresh interpreter, torch, the model): on a real server
@@ -80,6 +81,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="real server, N process workers")
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--submit-only", action="store_true", help="see above")
+    parser.add_argument("--run-images", type=int, help="images per flow run on the pool, at least")
     args = parser.parse_args()
     tiny = args.shards is not None
     images = args.images if args.images is not None else (args.shards if tiny else 2000)
@@ -97,7 +99,11 @@ def main() -> None:
 
         def config(name: str, folder: Path = source) -> RunConfig:
             return RunConfig(
-                source=str(folder), out=str(root / name), device=args.device, shard_size=shard_size
+                source=str(folder),
+                out=str(root / name),
+                device=args.device,
+                shard_size=shard_size,
+                **({} if args.run_images is None else {"run_images": args.run_images}),
             )
 
         if args.submit_only:
@@ -158,13 +164,15 @@ def main() -> None:
 
     plain_s, flow_s = statistics.median(plain_times), statistics.median(flow_times)
     shards = -(-images // shard_size)
+    run_images = args.run_images or RunConfig.model_fields["run_images"].default
+    flow_runs = -(-shards // -(-run_images // shard_size))  # as flows.annotate._waves cuts them
     import torch
 
     where = (
         "the ephemeral Prefect server, one task per shard (tiny ones share tasks)"
         if stack_ is None
         else f"a real Prefect server ({args.database}) and {args.workers} process workers, "
-        "one flow run per shard"
+        f"{flow_runs} flow runs (run_images {run_images})"
     )
     print(
         f"{images} images {size}x{size}, {shards} shards of {shard_size}, demo model on "
@@ -218,12 +226,12 @@ def _submit_and_poll(config: RunConfig, stack: _Stack) -> None:
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
-    from flows.annotate import SHARD_DEPLOYMENT, _ended, _idempotency_key
+    from flows.annotate import SHARD_DEPLOYMENT, _ended, _idempotency_key, _waves
     from pipeline.labeling.shard_plan import plan_shards
     from pipeline.storage import storage_for
 
     items = sorted(storage_for(config.source, config).list(config.source), key=lambda i: i.key)
-    shards = plan_shards(items, config.shard_size, 0, "bench-lease")
+    waves = _waves(tuple(plan_shards(items, config.shard_size, 0, "bench-lease")), 1)
 
     def server() -> tuple[float, float]:
         pids = _descendants(stack.server_pids())
@@ -232,12 +240,12 @@ def _submit_and_poll(config: RunConfig, stack: _Stack) -> None:
     @flow(name="bench-submit")
     def submit() -> list[FlowRun]:
         submitted = []
-        for shard in shards:
+        for wave in waves:  # one run per shard: the worst case the submissions can be
             run = run_deployment(
                 name=SHARD_DEPLOYMENT,
-                parameters={"shard": shard, "config": config},
+                parameters={"shards": wave, "config": config},
                 timeout=0,
-                idempotency_key=_idempotency_key(config.out, shard),
+                idempotency_key=_idempotency_key(config.out, wave),
             )
             assert isinstance(run, FlowRun)
             submitted.append(run)

@@ -52,7 +52,7 @@ from pipeline.labeling.annotate import (
     plan_run,
     run_lease,
 )
-from pipeline.labeling.shard_plan import Shard, ShardStats
+from pipeline.labeling.shard_plan import Shard
 from pipeline.labeling.shards import process_shard
 from pipeline.retry import DELAYS, is_transient, retrying
 from pipeline.run.ledger import DamagedShardError
@@ -116,13 +116,13 @@ def process_shards(shards: tuple[Shard, ...], config: RunConfig) -> None:
 
 
 def _wave_name() -> str:
-    shards: tuple[Shard, ...] = prefect.runtime.task_run.parameters["shards"]
-    return f"{shards[0].shard_id}..{shards[-1].shard_id}"
+    return _span(prefect.runtime.task_run.parameters["shards"])
 
 
 def _waves(shards: tuple[Shard, ...], images: int) -> list[tuple[Shard, ...]]:
-    """Consecutive shards cut into tasks of at least ``images`` images (the last may hold
-    fewer); a shard of ``images`` or more is a task of its own."""
+    """Consecutive shards cut into groups of at least ``images`` images (the last may hold
+    fewer), each group ending at the shard that brings it there: shards of ``images`` or
+    more, as a run's shards are by default, go one to a group."""
     waves: list[tuple[Shard, ...]] = []
     wave: list[Shard] = []
     held = 0
@@ -143,12 +143,35 @@ shards_task = _step(process_shards, "shards", _wave_name)
 finish_task = _step(finish_run, "finish")
 
 
-@flow(name="annotate-shard", flow_run_name="{shard.shard_id}")
-def shard_flow(shard: Shard, config: RunConfig) -> ShardStats:
-    """One shard, as a worker runs it: holding this machine's device, so two shards never
-    share one GPU however many runs the worker takes."""
+def _run_name() -> str:
+    return _span(prefect.runtime.flow_run.parameters["shards"])
+
+
+def _span(shards: tuple[Shard, ...]) -> str:
+    """A shard's id, or the first and last of consecutive ones."""
+    first, last = shards[0].shard_id, shards[-1].shard_id
+    return first if first == last else f"{first}..{last}"
+
+
+@flow(name="annotate-shard", flow_run_name=_run_name)
+def shard_flow(shards: tuple[Shard, ...], config: RunConfig) -> None:
+    """Shards as a worker runs them, one after another (``_run_shards``): holding this
+    machine's device, so two shards never share one GPU however many runs the worker takes."""
     with concurrency(_device_slot(config.device), occupy=1):
-        return shard_task(shard, config)
+        _run_shards(shards, config)
+
+
+def _run_shards(
+    shards: tuple[Shard, ...], config: RunConfig, tracker: _ProgressArtifact | None = None
+) -> None:
+    """A task per shard, or per few where they are tiny (``TASK_IMAGES``)."""
+    for wave in _waves(shards, TASK_IMAGES):
+        if len(wave) == 1:
+            shard_task(wave[0], config)
+        else:
+            shards_task(wave, config)
+        if tracker is not None:
+            tracker.advance(len(wave))
 
 
 @flow(name="annotate")
@@ -164,12 +187,7 @@ def annotate_flow(
             progress.started(plan.images - plan.done)
             tracker = _ProgressArtifact(len(plan.shards))
             if executor == "local":
-                for wave in _waves(plan.shards, TASK_IMAGES):
-                    if len(wave) == 1:
-                        shard_task(wave[0], config)
-                    else:
-                        shards_task(wave, config)
-                    tracker.advance(len(wave))
+                _run_shards(plan.shards, config, tracker)
             else:
                 _run_on_deployment(plan, shard_deployment, tracker)
             try:
@@ -228,39 +246,40 @@ class _ProgressArtifact:
 
 
 def _run_on_deployment(plan: RunPlan, deployment: str, tracker: _ProgressArtifact) -> None:
-    """Run every shard as a flow run of ``deployment``, at most ``IN_FLIGHT`` submitted and not
-    ended at a time, the next submitted as others end; a failed shard fails the run after the
-    rest end.
+    """Run the shards as flow runs of ``deployment``, consecutive small ones together
+    (``RunConfig.run_images``), at most ``IN_FLIGHT`` submitted and not ended at a time, the
+    next submitted as others end; a failed run fails the run after the rest end.
 
-    The idempotency key names the run folder, the shard and its exact images, so a retried
-    parent re-attaches to its shard runs instead of starting them twice."""
-    unsubmitted = iter(plan.shards)
-    pending: dict[UUID, Shard] = {}
+    The idempotency key names the run folder, the shards and their exact images, so a
+    retried parent re-attaches to its shard runs instead of starting them twice."""
+    unsubmitted = iter(_waves(plan.shards, plan.config.run_images))
+    pending: dict[UUID, tuple[Shard, ...]] = {}
     failed: list[str] = []
     with get_client(sync_client=True) as client:
         while True:
-            for shard in itertools.islice(unsubmitted, IN_FLIGHT - len(pending)):
+            for wave in itertools.islice(unsubmitted, IN_FLIGHT - len(pending)):
                 submitted = run_deployment(
                     name=deployment,
-                    parameters={"shard": shard, "config": plan.config},
+                    parameters={"shards": wave, "config": plan.config},
                     timeout=0,
-                    idempotency_key=_idempotency_key(plan.config.out, shard),
+                    idempotency_key=_idempotency_key(plan.config.out, wave),
                 )
                 assert isinstance(submitted, FlowRun)  # called from sync code: not a coroutine
-                pending[submitted.id] = shard
+                pending[submitted.id] = wave
             if not pending:
                 break
             time.sleep(POLL_SECONDS)
             ended = {run.id: run.state for run in _ended(client, list(pending))}
             for run_id in [i for i in pending if i in ended]:  # in shard order
-                shard, state = pending.pop(run_id), ended[run_id]
+                wave, state = pending.pop(run_id), ended[run_id]
                 assert state is not None  # the filter matched its state's type
-                tracker.advance()
-                progress.advanced(len(shard.items))
+                images = sum(len(shard.items) for shard in wave)
+                tracker.advance(len(wave))
+                progress.advanced(images)
                 if state.is_completed():
-                    progress.shard_saved(len(shard.items))
+                    progress.shard_saved(images)
                 else:
-                    failed.append(f"{shard.shard_id} ({state.name}: {state.message})")
+                    failed.append(f"{_span(wave)} ({state.name}: {state.message})")
     if failed:
         raise RuntimeError(f"shard runs did not complete: {'; '.join(failed)}")
 
@@ -280,9 +299,9 @@ def _ended(client: SyncPrefectClient, run_ids: list[UUID]) -> list[FlowRun]:
     return ended
 
 
-def _idempotency_key(out: str, shard: Shard) -> str:
-    items = "\n".join(f"{i.key}\0{i.etag}" for i in shard.items)
-    return f"{out}:{shard.shard_id}:{hashlib.sha256(items.encode()).hexdigest()[:16]}"
+def _idempotency_key(out: str, shards: tuple[Shard, ...]) -> str:
+    items = "\n".join(f"{i.key}\0{i.etag}" for shard in shards for i in shard.items)
+    return f"{out}:{_span(shards)}:{hashlib.sha256(items.encode()).hexdigest()[:16]}"
 
 
 def _device_slot(device: str) -> str:

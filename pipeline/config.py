@@ -64,6 +64,10 @@ class RunConfig(BaseSettings):
     # decompression-bomb threshold, which also caps it (see pipeline.labeling.decode).
     max_pixels: int = Field(MAX_PIXELS, ge=1)
     shard_size: int = Field(256, ge=1)  # images per shard: the unit of work, retry and resume
+    # Executor "deployment": shards smaller than this share a flow run, each of which costs a
+    # fresh process on a worker (Python, torch, the model: seconds), in runs of at least this
+    # many images; a shard this large or larger is a run of its own.
+    run_images: int = Field(256, ge=1)
     workers: int = Field(default_factory=_default_workers, ge=1)  # read + decode threads
     # Seconds one image's read may take before it is recorded as failed (retryable) and the
     # shard goes on: a hung mount or a file that never ends must not hold the run.

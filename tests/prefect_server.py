@@ -29,13 +29,15 @@ class PrefectStack:
     env: dict[str, str]  # what a client process needs to talk to this server
     worker_logs: tuple[Path, ...]
 
-    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        """Run ``prelabel ARGS`` against this server."""
+    def cli(
+        self, *args: str, timeout: float = 300, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``prelabel ARGS`` against this server, ``env`` added to its environment."""
         return subprocess.run(
             [sys.executable, "-c", "from flows.cli import app; app()", *args],
             capture_output=True,
             text=True,
-            env=self.env,
+            env={**self.env, **(env or {})},
             timeout=timeout,
             check=False,
         )

@@ -17,7 +17,14 @@ from prefect.client.schemas.objects import FlowRun, State
 from prefect.states import Cancelled, Completed, Crashed, Failed, Pending, Running, Scheduled
 
 import flows.annotate as annotate_module
-from flows.annotate import READ_PAGE, _ended, _ProgressArtifact, _run_on_deployment, _waves
+from flows.annotate import (
+    READ_PAGE,
+    _ended,
+    _ProgressArtifact,
+    _run_on_deployment,
+    _span,
+    _waves,
+)
 from pipeline.labeling.annotate import RunPlan
 from pipeline.labeling.shard_plan import Shard
 from pipeline.storage import ObjectInfo
@@ -90,13 +97,15 @@ class _Server:
         self.reads: list[int] = []  # ids asked for, per read
         self.in_flight: list[int] = []  # submitted and not seen ended, at each submission
         self.seen_ended: set[UUID] = set()
+        self.submitted: list[tuple[str, ...]] = []  # the shards of each run, in order
         monkeypatch.setattr(annotate_module, "run_deployment", self.run_deployment)
         monkeypatch.setattr(annotate_module, "get_client", lambda **_: self)
         monkeypatch.setattr(annotate_module.time, "sleep", lambda _: None)
 
     def run_deployment(self, *, name: str, parameters: dict[str, Any], **_: Any) -> FlowRun:
-        shard = parameters["shard"]
-        run = FlowRun(flow_id=uuid4(), name=shard.shard_id, state=Scheduled())
+        shards = parameters["shards"]
+        self.submitted.append(tuple(s.shard_id for s in shards))
+        run = FlowRun(flow_id=uuid4(), name=_span(shards), state=Scheduled())
         self.runs[run.id] = run
         self.in_flight.append(len(self.runs) - len(self.seen_ended))
         return run
@@ -131,7 +140,7 @@ def test_shard_runs_go_in_a_bounded_window_read_a_page_at_a_time_and_failures_ar
             "shard-0000-00300": Crashed(message="worker process exited with code -9"),
         },
     )
-    plan = cast(RunPlan, SimpleNamespace(shards=shards, config=SimpleNamespace(out="/out")))
+    plan = _plan(shards, run_images=1)
     tracker = _ProgressArtifact(len(shards), clock=lambda: 0.0)
     with pytest.raises(RuntimeError) as failed:
         _run_on_deployment(plan, "annotate-shard/shard", tracker)
@@ -144,6 +153,32 @@ def test_shard_runs_go_in_a_bounded_window_read_a_page_at_a_time_and_failures_ar
     # Three polls of 300, 300 and 50 runs, a page of ids per read.
     assert server.reads == [READ_PAGE, 300 - READ_PAGE] * 2 + [50]
     assert (tracker.done, updates.sent) == (650, [100.0])
+
+
+def test_small_shards_share_a_run_on_the_pool_and_a_failed_run_names_its_shards(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A flow run on a worker starts a process of its own: consecutive shards under
+    ``run_images`` images go together, larger ones alone."""
+    _Updates(monkeypatch)
+    shards = _shards([1] * 70 + [40, 3, 3])
+    server = _Server(
+        monkeypatch, {"shard-0000-00032..shard-0000-00063": Failed(message="CUDA error")}
+    )
+    tracker = _ProgressArtifact(len(shards), clock=lambda: 0.0)
+    with pytest.raises(RuntimeError) as failed:
+        _run_on_deployment(_plan(shards, run_images=32), "annotate-shard/shard", tracker)
+    assert str(failed.value) == (
+        "shard runs did not complete: shard-0000-00032..shard-0000-00063 (Failed: CUDA error)"
+    )
+    assert [len(run) for run in server.submitted] == [32, 32, 7, 2]
+    assert [s for run in server.submitted for s in run] == [s.shard_id for s in shards]
+    assert tracker.done == len(shards)
+
+
+def _plan(shards: tuple[Shard, ...], run_images: int) -> RunPlan:
+    config = SimpleNamespace(out="/out", run_images=run_images)
+    return cast(RunPlan, SimpleNamespace(shards=shards, config=config))
 
 
 # --- against a real API --------------------------------------------------------------------

@@ -48,7 +48,7 @@ def _wait_for_run(stack: PrefectStack, run_id: str, seconds: float = 400) -> str
     raise TimeoutError(f"flow run {run_id} not final after {seconds} s")
 
 
-def test_shards_run_on_two_workers_and_records_equal_a_local_run(
+def test_shards_run_on_two_workers_in_runs_of_several_and_records_equal_a_local_run(
     prefect_stack: PrefectStack, tmp_path: Path
 ) -> None:
     source = tmp_path / "in"
@@ -78,6 +78,7 @@ def test_shards_run_on_two_workers_and_records_equal_a_local_run(
         "2",
         "--executor",
         "deployment",
+        env={"PRELABEL_RUN_IMAGES": "4"},  # two shards of two images to a flow run
     )
     assert result.returncode == 0, result.stderr
     reference = tmp_path / "local"
@@ -102,7 +103,8 @@ def test_shards_run_on_two_workers_and_records_equal_a_local_run(
                 ran_by.setdefault(log.stem, []).append(run.name)
     assert set(ran_by) == {"worker-a", "worker-b"}, ran_by
     assert sorted(n for names in ran_by.values() for n in names) == [
-        f"shard-0000-{n:05d}" for n in range(4)
+        "shard-0000-00000..shard-0000-00001",
+        "shard-0000-00002..shard-0000-00003",
     ]
 
 
