@@ -225,6 +225,9 @@ class LatestRows:
             regions += pc.sum(batch["region_count"]).as_py() or 0
             labeled += pc.sum(pc.equal(batch["status"], "ok")).as_py() or 0
             held.update(dict.fromkeys(pc.unique(batch["shard"]).to_pylist()))
+        # Arrow's allocator keeps the pages it decoded into for reuse: at 10^6 rows, tens of
+        # MB that the exports, which read shards, would not reuse.
+        pa.default_memory_pool().release_unused()
         return cls(source, images, regions, labeled, tuple(held), damaged)
 
     def batches(self, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
@@ -232,8 +235,9 @@ class LatestRows:
         if isinstance(self.source, pa.Table):
             yield from self.source.select(list(columns)).to_batches(_INDEX_ROWS)
             return
+        # Decoded on this thread: the allocator gives back only the calling thread's pages.
         file = pq.ParquetFile(pa.BufferReader(self.source))
-        yield from file.iter_batches(_INDEX_ROWS, columns=list(columns))
+        yield from file.iter_batches(_INDEX_ROWS, columns=list(columns), use_threads=False)
 
 
 def quarantine(layout: RunLayout, damage: Damage) -> str:
