@@ -42,6 +42,9 @@ _WKB_MULTIPOLYGON = 6
 # rows, bound that, whatever the regions look like.
 ROW_GROUP_ROWS = 1 << 16
 ROW_GROUP_BYTES = 64 << 20
+# images.parquet's groups: 65,536 image rows wait beside a regions group otherwise (about 25 MB
+# of ids, URIs and timings), in memory at the same time.
+IMAGE_GROUP_BYTES = 8 << 20
 
 
 def export_parquet(view: RunView, options: ExportOptions) -> tuple[str, ...]:
@@ -56,8 +59,8 @@ def export_parquet(view: RunView, options: ExportOptions) -> tuple[str, ...]:
     with (
         storage.write_stream(regions_uri) as regions_out,
         storage.write_stream(images_uri) as images_out,
-        _RowGroups(regions_out, schema) as regions,
-        _RowGroups(images_out, IMAGES_SCHEMA) as images,
+        _RowGroups(regions_out, schema, ROW_GROUP_BYTES) as regions,
+        _RowGroups(images_out, IMAGES_SCHEMA, IMAGE_GROUP_BYTES) as images,
     ):
         for part in view.parts():
             table = regions_with_images(part)
@@ -72,7 +75,8 @@ class _RowGroups:
     """Tables gathered into row groups (``ROW_GROUP_ROWS``, ``ROW_GROUP_BYTES``) and written
     as they fill."""
 
-    def __init__(self, out: BinaryIO, schema: pa.Schema) -> None:
+    def __init__(self, out: BinaryIO, schema: pa.Schema, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
         self.writer = pq.ParquetWriter(out, schema, compression="zstd")
         self.schema = schema
         self.pending: list[pa.Table] = []
@@ -83,7 +87,7 @@ class _RowGroups:
         self.pending.append(table)
         self.rows += table.num_rows
         self.bytes += table.nbytes
-        if self.rows >= ROW_GROUP_ROWS or self.bytes >= ROW_GROUP_BYTES:
+        if self.rows >= ROW_GROUP_ROWS or self.bytes >= self.max_bytes:
             self._flush()
 
     def __enter__(self) -> _RowGroups:

@@ -130,12 +130,16 @@ def test_row_groups_end_at_a_count_of_rows_or_of_bytes_and_read_back_the_same(
     whole, _ = exported(view)
     monkeypatch.setattr(parquet_module, "ROW_GROUP_ROWS", rows)
     monkeypatch.setattr(parquet_module, "ROW_GROUP_BYTES", size)
-    cut, _ = exported(view)
-    assert cut.equals(whole)
+    monkeypatch.setattr(parquet_module, "IMAGE_GROUP_BYTES", size)
+    whole_images = pq.read_table(view.layout.export("images.parquet"))
+    cut, cut_images = exported(view)
+    assert cut.equals(whole) and cut_images.equals(whole_images)
     found = pq.ParquetFile(view.layout.export("regions.parquet")).metadata
     groups = [found.row_group(i).num_rows for i in range(found.num_row_groups)]
     if size == 1:
         assert len(groups) == sum(1 for part in view.parts() if part.regions.num_rows)
+        images = pq.ParquetFile(view.layout.export("images.parquet")).metadata
+        assert images.num_row_groups == len(list(view.parts(regions=None)))
     else:
         assert len(groups) > 1 and min(groups[:-1]) >= rows
     assert sum(groups) == whole.num_rows
