@@ -72,8 +72,8 @@ def export_parquet(view: RunView, options: ExportOptions) -> tuple[str, ...]:
 
 
 class _RowGroups:
-    """Tables gathered into row groups (``ROW_GROUP_ROWS``, ``ROW_GROUP_BYTES``) and written
-    as they fill."""
+    """Tables gathered into row groups of ``ROW_GROUP_ROWS`` rows or ``max_bytes`` bytes,
+    whichever comes first, and written as they fill."""
 
     def __init__(self, out: BinaryIO, schema: pa.Schema, max_bytes: int) -> None:
         self.max_bytes = max_bytes

@@ -212,15 +212,16 @@ class LatestRows:
                 return cls._counted(found[0])
             except (pa.ArrowException, OSError, ValueError) as exc:
                 log.warning("%s: unreadable (%s); rebuilding it from the shards", layout.index, exc)
+                ledger = Ledger.load(layout, use_index=False)  # not read, nor warned of, again
+                return cls._counted(ledger.images, ledger.damaged)
         ledger = Ledger.load(layout)
         return cls._counted(ledger.images, ledger.damaged)
 
     @classmethod
     def _counted(cls, source: bytes | pa.Table, damaged: tuple[Damage, ...] = ()) -> LatestRows:
-        rows = cls(source, 0, 0, 0, ())
         images = regions = labeled = 0
         held: dict[str, None] = {}
-        for batch in rows.batches(READ_COLUMNS):
+        for batch in _batches(source, READ_COLUMNS):
             images += batch.num_rows
             regions += pc.sum(batch["region_count"]).as_py() or 0
             labeled += pc.sum(pc.equal(batch["status"], "ok")).as_py() or 0
@@ -232,12 +233,16 @@ class LatestRows:
 
     def batches(self, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
         """The rows in key order, in batches of at most a row group of the index."""
-        if isinstance(self.source, pa.Table):
-            yield from self.source.select(list(columns)).to_batches(_INDEX_ROWS)
-            return
-        # Decoded on this thread: the allocator gives back only the calling thread's pages.
-        file = pq.ParquetFile(pa.BufferReader(self.source))
-        yield from file.iter_batches(_INDEX_ROWS, columns=list(columns), use_threads=False)
+        return _batches(self.source, columns)
+
+
+def _batches(source: bytes | pa.Table, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+    if isinstance(source, pa.Table):
+        yield from source.select(list(columns)).to_batches(_INDEX_ROWS)
+        return
+    # Decoded on this thread: the allocator gives back only the calling thread's pages.
+    file = pq.ParquetFile(pa.BufferReader(source))
+    yield from file.iter_batches(_INDEX_ROWS, columns=list(columns), use_threads=False)
 
 
 def quarantine(layout: RunLayout, damage: Damage) -> str:
