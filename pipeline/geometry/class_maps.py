@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.geometry.rle import region_crop
+from pipeline.geometry.rle import ones_runs, region_crop
 
 __all__ = ["class_colours", "class_map_of", "voc_colour"]
 
@@ -24,8 +24,29 @@ def class_map_of(
     """The image's class map from its region rows (``class_id``, ``rle``); pixels no region
     covers get ``background`` (0 when None). Where regions overlap, which hole filling allows,
     they are painted in order and the later one wins."""
-    out = np.full((height, width), background or 0, np.uint8)
-    for region in regions:
+    rows = list(regions)
+    fill = background or 0
+    starts, lengths, owner = ones_runs([r["rle"] for r in rows], height=height, width=width)
+    order = np.argsort(starts, kind="stable")
+    starts, ends, owner = starts[order], starts[order] + lengths[order], owner[order]
+    if (starts[1:] < ends[:-1]).any():
+        return _painted_in_order(rows, height, width, fill)
+    # Regions that do not overlap tile the image's columns with their runs and the gaps
+    # between them: one repeat paints it column-major.
+    classes = np.array([r["class_id"] for r in rows], np.uint8)
+    edges = np.empty(2 * len(starts) + 2, np.int64)
+    edges[0], edges[1:-1:2], edges[2:-1:2], edges[-1] = 0, starts, ends, height * width
+    values = np.full(2 * len(starts) + 1, fill, np.uint8)
+    values[1::2] = classes[owner]
+    columns = np.repeat(values, np.diff(edges)).reshape(width, height)
+    return np.ascontiguousarray(columns.T)
+
+
+def _painted_in_order(
+    rows: list[Mapping[str, Any]], height: int, width: int, fill: int
+) -> npt.NDArray[np.uint8]:
+    out = np.full((height, width), fill, np.uint8)
+    for region in rows:
         x0, y0, crop = region_crop(region["rle"], height=height, width=width)
         box = out[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]]
         box[crop] = region["class_id"]

@@ -19,9 +19,9 @@ from pycocotools import mask as mask_utils
 
 from pipeline.formats import ExportError, ExportOptions, RunView
 from pipeline.formats.masks import export_masks, mask_name
-from pipeline.geometry.class_maps import voc_colour
+from pipeline.geometry.class_maps import class_map_of, voc_colour
 from pipeline.geometry.policy import RegionPolicy
-from pipeline.geometry.rle import region_crop, runs_of_counts
+from pipeline.geometry.rle import region_crop, runs_of_counts, runs_of_many
 from tests.runs import CLASS_NAMES, write_run
 
 KEEP_ALL = RegionPolicy(min_area=1, background=0)
@@ -329,6 +329,35 @@ def assert_crop_matches(mask: np.ndarray) -> None:
         return
     assert (x0, y0) == (columns.min(), rows.min())
     np.testing.assert_array_equal(crop, full[y0 : rows.max() + 1, x0 : columns.max() + 1])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    arrays(np.uint8, st.tuples(st.integers(1, 30), st.integers(1, 30)), elements=st.integers(0, 5)),
+    st.lists(st.tuples(st.integers(0, 29), st.integers(0, 29), st.integers(1, 12)), max_size=3),
+)
+def test_class_maps_paint_as_pycocotools_decodes(
+    labels: np.ndarray, boxes: list[tuple[int, int, int]]
+) -> None:
+    """One region per label of a random map (they tile it), then boxes laid over them (the
+    overlaps hole filling makes): painted in order with the later on top, as the reference
+    decoder gives each region."""
+    height, width = labels.shape
+    masks = [labels == label for label in np.unique(labels) if label]
+    for y, x, side in boxes:
+        box = np.zeros_like(labels, bool)
+        box[y : y + side, x : x + side] = True
+        masks.append(box)
+    rows = [{"class_id": 1 + n % 6, "rle": coco_counts(mask)} for n, mask in enumerate(masks)]
+    expected = np.full((height, width), 3, np.uint8)
+    for row in rows:
+        rle = {"size": [height, width], "counts": row["rle"].encode("ascii")}
+        expected[mask_utils.decode(rle).astype(bool)] = row["class_id"]
+    np.testing.assert_array_equal(class_map_of(rows, height, width, 3), expected)
+    runs, heads = runs_of_many([row["rle"] for row in rows])
+    ends = [*heads[1:].tolist(), len(runs)][: len(heads)]
+    for row, head, end in zip(rows, heads.tolist(), ends, strict=True):
+        np.testing.assert_array_equal(runs[head:end], runs_of_counts(row["rle"]))
 
 
 @pytest.mark.parametrize("counts", ["a", "P\x7f", "é", coco_counts(np.ones((5, 5)))])
