@@ -9,6 +9,7 @@ evaluation into every run folder, so each folder's markdown shows the models sid
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 from collections.abc import Iterator, Sequence
@@ -242,12 +243,19 @@ def boundary_counts(
 
 
 def _within(points: npt.NDArray[np.bool_], targets: npt.NDArray[np.bool_], tolerance: int) -> int:
+    """Points with a target at Euclidean distance <= ``tolerance``: the targets dilated by a
+    disk of that radius, which is exact on the pixel grid and, for the few pixels a boundary
+    tolerance spans, several times faster than a distance transform of the image."""
     if not points.any() or not targets.any():
         return 0
-    distance = cv2.distanceTransform(
-        (~targets).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE
-    )
-    return int((distance[points] <= tolerance + 1e-3).sum())
+    near = cv2.dilate(targets.view(np.uint8), _disk(tolerance))
+    return int(np.count_nonzero(near[points]))
+
+
+@functools.cache
+def _disk(radius: int) -> npt.NDArray[np.uint8]:
+    dy, dx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return (dx * dx + dy * dy <= radius * radius).astype(np.uint8)
 
 
 def region_changes(
@@ -258,7 +266,9 @@ def region_changes(
     truth count for neither; the background class has no regions."""
     valid = truth != IGNORE_INDEX
     added = removed = 0
-    for class_id in np.union1d(np.unique(truth[valid]), np.unique(predicted[valid])).tolist():
+    for class_id in np.flatnonzero(
+        _histogram(truth, valid) + _histogram(predicted, valid)
+    ).tolist():
         if class_id == background:
             continue
         in_truth, in_pred = truth == class_id, (predicted == class_id) & valid
@@ -267,10 +277,17 @@ def region_changes(
     return added, removed
 
 
+def _histogram(
+    labels: npt.NDArray[np.uint8], valid: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.float32]:
+    return cv2.calcHist([labels], [0], valid.view(np.uint8), [256], [0, 256]).ravel()
+
+
 def _unmatched_parts(parts: npt.NDArray[np.bool_], other: npt.NDArray[np.bool_]) -> int:
-    count, labels = cv2.connectedComponents(parts.astype(np.uint8), connectivity=8)
-    matched = np.unique(labels[other & parts])
-    return int(count - 1 - np.count_nonzero(matched))
+    count, labels = cv2.connectedComponents(parts.view(np.uint8), connectivity=8)
+    matched = np.zeros(count, bool)
+    matched[labels[other & parts]] = True
+    return int(count - 1 - np.count_nonzero(matched[1:]))
 
 
 def stored_evaluations(view: RunView) -> list[Evaluation]:

@@ -292,7 +292,7 @@ def brute_matched(points: np.ndarray, targets: np.ndarray, tolerance: float) -> 
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("tolerance", [0, 1, 2, 3])
+@pytest.mark.parametrize("tolerance", [0, 1, 2, 3, 7])
 def test_boundary_counts_agree_with_brute_force(seed: int, tolerance: int) -> None:
     rng = np.random.default_rng(seed)
     predicted = blocky(rng, 24, 28)
