@@ -255,7 +255,8 @@ def _within(points: npt.NDArray[np.bool_], targets: npt.NDArray[np.bool_], toler
 @functools.cache
 def _disk(radius: int) -> npt.NDArray[np.uint8]:
     dy, dx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-    return (dx * dx + dy * dy <= radius * radius).astype(np.uint8)
+    disk: npt.NDArray[np.uint8] = (dx * dx + dy * dy <= radius * radius).astype(np.uint8)
+    return disk
 
 
 def region_changes(
@@ -279,8 +280,9 @@ def region_changes(
 
 def _histogram(
     labels: npt.NDArray[np.uint8], valid: npt.NDArray[np.bool_]
-) -> npt.NDArray[np.float32]:
-    return cv2.calcHist([labels], [0], valid.view(np.uint8), [256], [0, 256]).ravel()
+) -> npt.NDArray[np.int64]:
+    counts = cv2.calcHist([labels], [0], valid.view(np.uint8), [256], [0, 256])
+    return counts.ravel().astype(np.int64)
 
 
 def _unmatched_parts(parts: npt.NDArray[np.bool_], other: npt.NDArray[np.bool_]) -> int:
