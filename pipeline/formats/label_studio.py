@@ -20,10 +20,11 @@ A local source URI is an absolute path only a browser on this machine can open.
 
 from __future__ import annotations
 
+import itertools
 import posixpath
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote
@@ -35,7 +36,7 @@ from pipeline.formats.streams import JsonArray
 from pipeline.geometry.class_maps import class_colours
 from pipeline.geometry.rle import region_crop, run_lengths_from_crop
 from pipeline.run.view import ExportError, ExportOptions, Part, RunView
-from pipeline.storage import NotFoundError
+from pipeline.storage import NotFoundError, Storage
 
 __all__ = [
     "brush_rle",
@@ -59,16 +60,13 @@ _RUN_LIMITS = 1 << _RUN_BITS  # the longest run each width holds (the field stor
 
 def export_label_studio(view: RunView, options: ExportOptions) -> tuple[str, ...]:
     config_uri = view.layout.export("label-config.xml")
+    tasks = (task for part in view.parts() for task in tasks_of_part(part, view, options))
     if options.ls_split is None:
         tasks_uri = view.layout.export("label-studio.json")
-        with view.layout.storage.write_stream(tasks_uri) as out:
-            tasks = JsonArray(out)
-            for part in view.parts():
-                tasks.extend(tasks_of_part(part, view, options))
-            tasks.close()
+        _write_array(view.layout.storage, tasks_uri, tasks)
         written = [tasks_uri]
     else:
-        written = _split_tasks(view, options, options.ls_split)
+        written = _split_tasks(view, tasks, options.ls_split)
     config = label_config(view.class_names, view.background)
     view.layout.storage.write_atomic(config_uri, config.encode())
     return (*written, config_uri)
@@ -78,30 +76,20 @@ _SPLIT_FOLDER = "label-studio"
 _SPLIT_FILE = re.compile(r"tasks-\d{5,}\.json")
 
 
-def _split_tasks(view: RunView, options: ExportOptions, size: int) -> list[str]:
+def _split_tasks(view: RunView, tasks: Iterator[dict[str, Any]], size: int) -> list[str]:
     """Tasks in key order, ``size`` to a file (``label-studio/tasks-00000.json``, ...): each
     file a JSON array Label Studio imports on its own. Files of an earlier export beyond the
     last one written now are removed, so the folder holds this export only."""
     storage = view.layout.storage
     folder = view.layout.export(_SPLIT_FOLDER)
     written: list[str] = []
-    pending: list[dict[str, Any]] = []
-
-    def flush(tasks: list[dict[str, Any]]) -> None:
+    while True:
+        head = list(itertools.islice(tasks, 1))
+        if written and not head:
+            break
         uri = storage.join(folder, f"tasks-{len(written):05d}.json")
-        with storage.write_stream(uri) as out:
-            array = JsonArray(out)
-            array.extend(tasks)
-            array.close()
+        _write_array(storage, uri, itertools.chain(head, itertools.islice(tasks, size - 1)))
         written.append(uri)
-
-    for part in view.parts():
-        pending += tasks_of_part(part, view, options)
-        while len(pending) >= size:
-            flush(pending[:size])
-            pending = pending[size:]
-    if pending or not written:
-        flush(pending)
     try:
         earlier = [item.uri for item in storage.list(folder) if _SPLIT_FILE.fullmatch(item.key)]
     except NotFoundError:
@@ -111,38 +99,43 @@ def _split_tasks(view: RunView, options: ExportOptions, size: int) -> list[str]:
     return written
 
 
+def _write_array(storage: Storage, uri: str, items: Iterable[Any]) -> None:
+    """One task built and written at a time: memory holds one image's results, not a file's."""
+    with storage.write_stream(uri) as out:
+        array = JsonArray(out)
+        for item in items:
+            array.append(item)
+        array.close()
+
+
 def label_studio_tasks(view: RunView, options: ExportOptions) -> list[dict[str, Any]]:
     """Tasks in key order; each prediction's score is the image's mean confidence, lower
     meaning more doubtful, so sorting tasks by it ascending reviews the worst first."""
     return [task for part in view.parts() for task in tasks_of_part(part, view, options)]
 
 
-def tasks_of_part(part: Part, view: RunView, options: ExportOptions) -> list[dict[str, Any]]:
+def tasks_of_part(part: Part, view: RunView, options: ExportOptions) -> Iterator[dict[str, Any]]:
     regions = part.regions_of()
-    tasks = []
     for image in part.ok_images():
         results = [
             result
             for region in regions.get(image["image_id"], [])
             for result in _results(region, image, view.class_names, options)
         ]
-        tasks.append(
-            {
-                "data": {
-                    IMAGE: _image_ref(image, options),
-                    "prelabel_image_id": image["image_id"],
-                    "key": image["key"],
-                },
-                "predictions": [
-                    {
-                        "model_version": view.model.model_version,
-                        "score": _rounded(image["mean_confidence"]),
-                        "result": results,
-                    }
-                ],
-            }
-        )
-    return tasks
+        yield {
+            "data": {
+                IMAGE: _image_ref(image, options),
+                "prelabel_image_id": image["image_id"],
+                "key": image["key"],
+            },
+            "predictions": [
+                {
+                    "model_version": view.model.model_version,
+                    "score": _rounded(image["mean_confidence"]),
+                    "result": results,
+                }
+            ],
+        }
 
 
 def label_config(class_names: Sequence[str], background: int | None) -> str:

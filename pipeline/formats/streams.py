@@ -1,7 +1,8 @@
-"""JSON arrays written piece by piece: an export's memory is one part's, not the run's.
+"""JSON arrays written piece by piece: an export's memory is one part's or one item's, not
+the run's.
 
-``orjson.dumps`` of each part's list without its brackets, joined by commas, is byte for byte
-the array ``orjson.dumps`` writes for the whole list at once.
+``orjson.dumps`` of each part's list without its brackets, or of each item, joined by commas,
+is byte for byte the array ``orjson.dumps`` writes for the whole list at once.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ class JsonArray:
         if not self.empty:
             self.out.write(b",")
         self.out.write(orjson.dumps(items, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1])
+        self.empty = False
+
+    def append(self, item: Any) -> None:
+        if not self.empty:
+            self.out.write(b",")
+        self.out.write(orjson.dumps(item, option=orjson.OPT_SERIALIZE_NUMPY))
         self.empty = False
 
     def close(self) -> None:
