@@ -62,9 +62,11 @@ derives from them (an index) is then up to date, and the page cache is warm for 
 Disk: the run folder (about 12 KiB per image) and each step's exports (removed after the step
 unless ``--keep``; the log line of each says how large: per image about 29 KiB of COCO, 55 KiB
 of Label Studio, 33 KiB of CVAT): at 10^6 that is up to 70 GB at once, so use ``--tmp`` on a
-disk that has it. Memory: a step whose RSS passes ``--max-rss-gib`` is killed
-and reported as such, so one that does not scale cannot take the machine down; the bench exits
-1 when a step failed, was killed or said other counts than the data holds. Timings are upper
+disk that has it, or ``--ls-split N --drop-split``: Label Studio's tasks N to a file, each
+removed as soon as it lands and only its size kept. Memory: a step whose RSS passes
+``--max-rss-gib`` is killed and reported as such, so one that does not scale cannot take the
+machine down; the bench exits 1 when a step failed, was killed or said other counts than the
+data holds. Timings are upper
 bounds on a loaded machine; compare only figures from one run.
 """
 
@@ -791,8 +793,10 @@ def run_step(spec: dict[str, Any]) -> dict[str, Any]:
         figures = {"listed": plan.images, "done": plan.done, "planned": len(planned)}
         figures["keys"] = hashlib.sha256("\n".join(planned).encode()).hexdigest()
     elif step in FORMATS:
-        written = export(open_run(out), [step], ExportOptions())
-        figures = {"files": len(written), "written": written}
+        split = spec.get("ls_split") if step == "label-studio" else None
+        with _dropped(out, spec.get("drop_split", False) and split is not None) as dropped:
+            written = export(open_run(out), [step], ExportOptions(ls_split=split))
+        figures = {"files": len(written), "written": written, "dropped": dropped}
     elif step == "report":
         report = write_report(open_run(out))
         figures = {"labeled": report.labeled, "shown": report.shown, "failed": report.failed}
@@ -807,10 +811,41 @@ def run_step(spec: dict[str, Any]) -> dict[str, Any]:
     figures["seconds"] = time.perf_counter() - start
     figures["cpu"] = time.process_time() - cpu  # every thread's: steadier on a shared machine
     figures["peak_kib"] = _own_peak_kib()
-    written = figures.pop("written", [])
+    written, dropped = figures.pop("written", []), figures.pop("dropped", [0])
     if written and not is_uri(written[0]):
-        figures["MiB"] = sum(Path(uri).stat().st_size for uri in written) / MIB
+        kept = [Path(uri) for uri in written if Path(uri).exists()]
+        figures["MiB"] = (dropped[0] + sum(path.stat().st_size for path in kept)) / MIB
     return figures
+
+
+@contextmanager
+def _dropped(out: str, dropping: bool) -> Iterator[list[int]]:
+    """With ``dropping``, a thread removes each split Label Studio file as soon as it lands
+    (they land whole, by rename) and counts its bytes; the export goes on writing the next."""
+    dropped, done = [0], threading.Event()
+    folder = Path(out, "exports", "label-studio")
+
+    def sweep() -> None:
+        for path in sorted(folder.glob("tasks-*.json")):
+            dropped[0] += path.stat().st_size
+            path.unlink()
+
+    def watch() -> None:
+        while not done.wait(0.5):
+            sweep()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    if dropping:
+        sweep()  # an earlier export's files are not this one's
+        dropped[0] = 0
+        watcher.start()
+    try:
+        yield dropped
+    finally:
+        done.set()
+        if dropping:
+            watcher.join()
+            sweep()
 
 
 def _warmup() -> dict[str, Any]:
@@ -1100,6 +1135,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-rss-gib", type=float, default=8.0, help="kill a step above this")
     parser.add_argument("--step-timeout", type=float, default=7200.0, help="seconds per step")
+    parser.add_argument(
+        "--ls-split",
+        type=int,
+        metavar="N",
+        help="label-studio: N tasks to a file (export --split), not one label-studio.json",
+    )
+    parser.add_argument(
+        "--drop-split",
+        action="store_true",
+        help="with --ls-split, on local disk: remove each tasks file as soon as it lands (its "
+        "size is counted), for a run whose Label Studio export outgrows the disk",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -1263,6 +1310,8 @@ def _one_size(
             "out": made.out,
             "truth": made.truth,
             "shard_size": args.shard_size,
+            "ls_split": args.ls_split,
+            "drop_split": args.drop_split and store == "local",
         }
         figures, wall, seen, problem = measure(
             spec, folder=logs, max_rss_mib=limit, timeout=args.step_timeout
