@@ -13,10 +13,14 @@ statistics re-estimated on a few scenes so the class maps fragment like a real m
      batches at the run's settings, per engine: the ceiling for the pipeline;
   3. prelabel: ``annotate`` end to end (read, decode, predict, regions, Parquet, COCO), per
      engine (torch and openvino on a CPU).
-Model loading and conversion are excluded. Prints img/s, prelabel / script (target >= 3.0 on
-a 2-core AVX-512 BF16 CPU, >= 2.5 on AVX2), prelabel / forward-only (target >= 0.85), how many
-pixels agree with the script's float32 maps, the demo model's agreement at each engine's
-default precision with torch float32, and which engine ``auto`` picks. On CUDA it also prints
+Model loading and conversion are excluded. Each path runs on N images and on 3N (the first N
+among them): the whole N-image run, and the marginal rate between the two, 2N images over the
+difference in time, which is what a large dataset sees once a run's fixed costs (start, the
+pipeline filling and draining, the finish step's setup) are paid. Prints img/s, prelabel /
+script (target >= 3.0 on a 2-core AVX-512 BF16 CPU, >= 2.5 on AVX2), prelabel / forward-only
+(target >= 0.85), each for whole runs and marginal, how many pixels agree with the script's
+float32 maps, the demo model's agreement at each engine's default precision with torch
+float32, and which engine ``auto`` picks. On CUDA it also prints
 the Predictor at batch 1/8/32/64, fp32 vs bf16, and with ``torch.compile``.
 """
 
@@ -108,7 +112,7 @@ def timed(fn: object, *args: object) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--images", type=int, default=48, help="N; the runs are N and 3N")
     parser.add_argument("--size", default="640x480")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto")
@@ -121,17 +125,21 @@ def main() -> None:
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     engines = args.engines or (["torch", "openvino"] if args.device == "cpu" else ["torch"])
+    sizes = (args.images, 3 * args.images)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        source = root / "images"
-        source.mkdir()
+        sources = {n: root / f"images-{n}" for n in sizes}
+        for folder in sources.values():
+            folder.mkdir()
         arrays = []
-        for i, scene in enumerate(scenes(7, args.images, height=height, width=width)):
+        for i, scene in enumerate(scenes(7, sizes[-1], height=height, width=width)):
             buffer = io.BytesIO()
             Image.fromarray(scene.image).save(buffer, "JPEG", quality=90)
-            (source / f"{i:04d}.jpg").write_bytes(buffer.getvalue())
+            for n, folder in sources.items():
+                if i < n:
+                    (folder / f"{i:04d}.jpg").write_bytes(buffer.getvalue())
             arrays.append(np.asarray(Image.open(buffer).convert("RGB")))
-        paths = sorted(source.glob("*.jpg"))
+        paths = sorted(sources[sizes[-1]].glob("*.jpg"))
         model = seeded_model(arrays[:8])
         checkpoint = root / "deeplabv3_mobilenet_v3_large_seed0.pth"
         torch.save(model.state_dict(), checkpoint)
@@ -139,7 +147,7 @@ def main() -> None:
         configs, predictors = {}, {}
         for engine in engines:
             configs[engine] = RunConfig(
-                source=str(source),
+                source=str(sources[sizes[0]]),
                 out=str(root / f"warm-up-{engine}"),
                 model=str(checkpoint),
                 device=args.device,
@@ -157,14 +165,22 @@ def main() -> None:
             forward_only(predictor, arrays[:batch], batch)
         script(model, paths[:2], root / "warm-up.json")
 
-        times: dict[str, list[float]] = {"script": []}
+        times: dict[tuple[str, int], list[float]] = {}
         for r in range(args.rounds):
-            times["script"].append(timed(script, model, paths, root / "script.json"))
-            for engine, predictor in predictors.items():
-                forward = timed(forward_only, predictor, arrays, batch)
-                times.setdefault(f"forward {engine}", []).append(forward)
-                run = configs[engine].model_copy(update={"out": str(root / f"run-{engine}-{r}")})
-                times.setdefault(f"prelabel {engine}", []).append(timed(annotate, run))
+            for n in sizes:
+                times.setdefault(("script", n), []).append(
+                    timed(script, model, paths[:n], root / "script.json")
+                )
+                for engine, predictor in predictors.items():
+                    forward = timed(forward_only, predictor, arrays[:n], batch)
+                    times.setdefault((f"forward {engine}", n), []).append(forward)
+                    run = configs[engine].model_copy(
+                        update={
+                            "source": str(sources[n]),
+                            "out": str(root / f"run-{engine}-{r}-{n}"),
+                        }
+                    )
+                    times.setdefault((f"prelabel {engine}", n), []).append(timed(annotate, run))
         # Each engine at float32 against the script's maps: the same weights must give the
         # same labels; lower precisions are judged on the trained demo below.
         at_fp32 = {
@@ -175,30 +191,45 @@ def main() -> None:
         demo = _demo_agreement(engines, root / "cache")
         auto = load_predictor(configs[engines[0]].model_copy(update={"engine": "auto"}))
 
-    n = args.images
-    median = {key: statistics.median(v) for key, v in times.items()}
+    small, large = sizes
+    paths_run = list(dict.fromkeys(key for key, _ in times))
+    whole = {key: small / statistics.median(times[key, small]) for key in paths_run}
+    # Marginal per round, then the median: rounds alternate, so each pair shares its load.
+    marginal = {
+        key: statistics.median(
+            (large - small) / (b - a)
+            for a, b in zip(times[key, small], times[key, large], strict=True)
+        )
+        for key in paths_run
+    }
     print(
-        f"{n} JPEGs {width}x{height}; torchvision DeepLabV3-MobileNetV3-Large (seed 0, BN "
-        f"re-estimated), 21 classes; device {args.device}, CPU "
+        f"{small} and {large} JPEGs {width}x{height}; torchvision DeepLabV3-MobileNetV3-Large "
+        f"(seed 0, BN re-estimated), 21 classes; device {args.device}, CPU "
         f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads; batch "
-        f"{batch}, compile {args.compile}; median of {args.rounds} alternated rounds"
+        f"{batch}, compile {args.compile}; {args.rounds} alternated rounds, medians"
     )
-    print(f"{'path':<40} {'s':>7} {'img/s':>7}   rounds (s)")
-    for key, values in times.items():
+    print(
+        f"{'path':<36} {'img/s ' + str(small):>10} {'marginal':>9}   "
+        f"rounds: s for {small} / s for {large}"
+    )
+    for key in paths_run:
         what, _, engine = key.partition(" ")
         label = {
             "script": "1. hand-written script",
             "forward": f"2. forward only, {engine}",
             "prelabel": f"3. prelabel annotate, {engine}",
         }[what]
-        rounds = " ".join(f"{t:.2f}" for t in values)
-        print(f"{label:<40} {median[key]:>7.2f} {n / median[key]:>7.2f}   {rounds}")
+        rounds = " ".join(
+            f"{a:.2f}/{b:.2f}" for a, b in zip(times[key, small], times[key, large], strict=True)
+        )
+        print(f"{label:<36} {whole[key]:>10.2f} {marginal[key]:>9.2f}   {rounds}")
     for engine in engines:
-        prelabel_s = median[f"prelabel {engine}"]
+        mine, own = f"prelabel {engine}", f"forward {engine}"
         print(
-            f"{engine}: prelabel / script {median['script'] / prelabel_s:.2f}x (target >= 3.0 "
-            f"AVX-512 BF16, >= 2.5 AVX2); prelabel / forward only "
-            f"{median[f'forward {engine}'] / prelabel_s:.3f} (target >= 0.85); at float32, class "
+            f"{engine}: prelabel / script {whole[mine] / whole['script']:.2f}x whole, "
+            f"{marginal[mine] / marginal['script']:.2f}x marginal (target >= 3.0 AVX-512 BF16, "
+            f">= 2.5 AVX2); prelabel / forward only {whole[mine] / whole[own]:.3f} whole, "
+            f"{marginal[mine] / marginal[own]:.3f} marginal (target >= 0.85); at float32, class "
             f"maps agree with the script's on {agreement[engine]:.3%} of pixels; demo at "
             f"{demo[engine][0]} agrees with torch float32 on {demo[engine][1]:.3%}"
         )
