@@ -21,7 +21,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -36,11 +36,13 @@ log = logging.getLogger(__name__)
 
 Engine = Literal["torch", "openvino"]
 Precision = Literal["float32", "bfloat16", "float16"]
-Logits = Callable[[np.ndarray], torch.Tensor]  # NxHxWx3 uint8 -> N x C x h x w float logits
+_Probe = TypeVar("_Probe")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _OV_PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 _FROM_OV: dict[str, Precision] = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
+# OpenVINO requests in flight: a batch of two, the CPU batch, keeps both busy.
+STREAMS = 2
 
 
 class TorchEngine:
@@ -120,7 +122,13 @@ class OpenVinoEngine:
     so a second run does not convert again), compiled for the CPU with dynamic batch, height
     and width: one compiled model serves a run of mixed sizes. Two models: ``maps`` for images
     labeled at the size the model sees (most of them), the logits for the rest (downscaled
-    images, tiles), each converted on first use."""
+    images, tiles), each converted on first use.
+
+    Each image is its own inference request, ``STREAMS`` of them in flight, each stream on its
+    share of the cores. On the 2-core AVX-512 machine this ran the bench model at 23.4 img/s
+    against 19.9 for one batch of two on every core; and beside a busy region tracer, at 15.0
+    against 10.9 while the tracer kept its pace: a stream that another process interrupts
+    holds up only its own image, where one request over every core waits for its slowest."""
 
     name: Engine = "openvino"
 
@@ -133,7 +141,7 @@ class OpenVinoEngine:
         cache_dir: Path | None,
     ) -> None:
         self.device = torch.device("cpu")
-        self._config = {"PERFORMANCE_HINT": "LATENCY"}  # one batch at a time, every core on it
+        self._config = {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": str(STREAMS)}
         if precision is not None:
             self._config["INFERENCE_PRECISION_HINT"] = _OV_PRECISIONS[precision]
         self._asked, self._cache_dir, self._meta = precision, cache_dir, meta
@@ -141,29 +149,55 @@ class OpenVinoEngine:
             "maps": _Maps(model.eval().cpu(), meta),
             "logits": _Normalized(model.eval().cpu(), meta),
         }
-        self._compiled: dict[str, Any] = {}
-        chosen = self._model("maps").get_property("INFERENCE_PRECISION_HINT").to_string()
+        self._compiled: dict[str, tuple[Any, Any]] = {}
+        compiled, _ = self._model("maps")
+        chosen = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         self.precision: Precision = _FROM_OV.get(chosen, "float32")
 
     def __call__(self, batch: np.ndarray) -> torch.Tensor:
-        logits = self._model("logits")(np.ascontiguousarray(batch))[0]
-        return torch.from_numpy(np.asarray(logits, dtype=np.float32))
+        return torch.cat(self.logits_each(list(batch)))
 
-    def maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Class maps and confidence (uint8, N x H x W) at the images' own size."""
-        out = self._model("maps")(np.ascontiguousarray(batch))
-        return np.asarray(out[0]), np.asarray(out[1])
+    def logits_each(self, images: list[np.ndarray]) -> list[torch.Tensor]:
+        """Each HxWx3 image's 1 x C x h x w float logits."""
+        return [torch.from_numpy(out[0].astype(np.float32)) for out in self._each("logits", images)]
 
-    def _model(self, kind: str) -> Any:
+    def maps_each(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each image's class map and confidence (uint8, H x W) at its own size."""
+        return [(out[0][0], out[1][0]) for out in self._each("maps", images)]
+
+    def _each(self, kind: str, images: list[np.ndarray]) -> list[list[np.ndarray]]:
+        """Every image's outputs, in order; a request takes the next image as soon as it is
+        free, so one slow image holds up no other."""
+        _, queue = self._model(kind)
+        outputs: list[list[np.ndarray]] = [[] for _ in images]
+
+        def done(request: Any, i: int) -> None:
+            outputs[i] = [np.array(tensor.data) for tensor in request.output_tensors]
+
+        queue.set_callback(done)
+        try:
+            for i, image in enumerate(images):
+                queue.start_async(np.ascontiguousarray(image[None]), i)
+        finally:
+            queue.wait_all()  # none left running into the next call, even after an error
+        if missing := [i for i, out in enumerate(outputs) if not out]:
+            raise EngineError(
+                f"OpenVINO returned nothing for {len(missing)} of {len(images)} images"
+            )
+        return outputs
+
+    def _model(self, kind: str) -> tuple[Any, Any]:
+        """The compiled model and its queue of inference requests, one per stream."""
         if kind not in self._compiled:
+            ov = openvino_module()
             converted = openvino_model(self._modules[kind], kind, self._meta, self._cache_dir)
             try:
-                compiled = openvino_module().Core().compile_model(converted, "CPU", self._config)
+                compiled = ov.Core().compile_model(converted, "CPU", self._config)
             except RuntimeError as exc:
                 raise EngineError(
                     f"OpenVINO cannot run at {self._asked} on this CPU: {exc}"
                 ) from exc
-            self._compiled[kind] = compiled
+            self._compiled[kind] = (compiled, ov.AsyncInferQueue(compiled, STREAMS))
         return self._compiled[kind]
 
 
@@ -209,8 +243,10 @@ def openvino_model(module: nn.Module, kind: str, meta: ModelMeta, cache_dir: Pat
     return converted
 
 
-def timings(engines: dict[str, Logits], probe: np.ndarray, *, rounds: int = 3) -> dict[str, float]:
-    """Median milliseconds per forward of each engine on ``probe``, after one warm-up each,
+def timings(
+    engines: dict[str, Callable[[_Probe], object]], probe: _Probe, *, rounds: int = 3
+) -> dict[str, float]:
+    """Median milliseconds per call of each engine on ``probe``, after one warm-up each,
     rounds alternated so a busy moment does not favour one of them."""
     times: dict[str, list[float]] = {name: [] for name in engines}
     with torch.inference_mode():

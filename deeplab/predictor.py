@@ -107,21 +107,33 @@ class Predictor:
                     f"image {i}: expected HxWx3 uint8, not {image.dtype} {image.shape}"
                 )
             groups[image.shape].append(i)
+        if isinstance(self.engine, OpenVinoEngine):
+            return self._predict_each(self.engine, images, sizes)
         results: list[Prediction | None] = [None] * len(images)
         with torch.inference_mode():
-            for shape, indices in groups.items():
+            for indices in groups.values():
                 batch = np.stack([images[i] for i in indices])
-                if isinstance(self.engine, OpenVinoEngine) and all(
-                    tuple(sizes[i]) == shape[:2] for i in indices
-                ):
-                    classes, confidence = self.engine.maps(batch)
-                    for row, i in enumerate(indices):
-                        results[i] = self._from_maps(classes[row], confidence[row])
-                    continue
                 logits = self._forward(batch)
                 for row, i in enumerate(indices):
                     results[i] = self._decode(logits[row : row + 1], tuple(sizes[i]))
         return [r for r in results if r is not None]
+
+    def _predict_each(
+        self, engine: OpenVinoEngine, images: Sequence[np.ndarray], sizes: list[tuple[int, int]]
+    ) -> list[Prediction]:
+        """OpenVINO takes images one to a request, of any size: those labeled at their own
+        size come back decoded in its graph, the others as logits decoded here."""
+        own = [i for i, image in enumerate(images) if tuple(sizes[i]) == image.shape[:2]]
+        other = sorted(set(range(len(images))) - set(own))
+        results: dict[int, Prediction] = {}
+        maps = engine.maps_each([images[i] for i in own])
+        for i, (classes, confidence) in zip(own, maps, strict=True):
+            results[i] = self._from_maps(classes, confidence)
+        with torch.inference_mode():
+            logits = engine.logits_each([images[i] for i in other])
+            for i, scores in zip(other, logits, strict=True):
+                results[i] = self._decode(scores, tuple(sizes[i]))
+        return [results[i] for i in range(len(images))]
 
     def _from_maps(self, classes: np.ndarray, confidence: np.ndarray) -> Prediction:
         """A prediction whose maps the engine decoded; its figures from the uint8 confidence."""

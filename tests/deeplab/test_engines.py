@@ -74,8 +74,11 @@ def test_maps_decoded_inside_openvino_equal_torchs_at_float32(tmp_path: Path) ->
     randomize_batchnorm_(model, seed=3)
     meta = deeplab.ModelMeta(arch="deeplabv3plus_mobilenet_v2", class_names=tuple("abcdef"))
     rng = np.random.default_rng(1)
-    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(97, 131), (64, 80)]]
-    sizes = [(97, 131), (128, 160)]  # the second as if downscaled for the model
+    shapes = [(97, 131), (64, 80), (50, 70), (97, 131), (33, 47)]
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in shapes]
+    # The second and the last as if downscaled for the model; more images than OpenVINO has
+    # requests in flight, of mixed sizes, come back in order.
+    sizes = [(97, 131), (128, 160), (50, 70), (97, 131), (66, 94)]
     reference = deeplab.Predictor(model, meta, device="cpu").predict(images, sizes)
     ours = deeplab.Predictor(
         model, meta, device="cpu", engine="openvino", precision="float32", cache_dir=tmp_path
