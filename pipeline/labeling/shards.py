@@ -133,7 +133,7 @@ def process_shard(shard: Shard, config: RunConfig) -> ShardStats:
     )
     write_table(layout.storage, layout.images(shard.shard_id), images_table(out.images))
     progress.shard_saved(len(out.images))
-    return shard_stats(shard.shard_id, (dataclasses.asdict(r) for r in out.images))
+    return shard_stats(shard.shard_id, (r.row() for r in out.images))
 
 
 class _Labeler:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -155,3 +155,11 @@ class ImageRecord:
     decode_ms: float
     predict_ms: float  # the image's share of its batch's forward pass
     regions_ms: float
+
+    def row(self) -> dict[str, Any]:
+        """The record as an images-table row: its fields as they are, with none of
+        ``dataclasses.asdict``'s deep copies (1.4 ms an image, on the main thread)."""
+        return {name: getattr(self, name) for name in _IMAGE_FIELDS}
+
+
+_IMAGE_FIELDS = tuple(f.name for f in fields(ImageRecord))

@@ -5,7 +5,6 @@ Files are written whole (``write_atomic``), so a crash never leaves a truncated 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 from collections.abc import Mapping, Sequence
@@ -126,7 +125,7 @@ def stable_id(*parts: str) -> str:
 
 
 def images_table(images: Sequence[ImageRecord]) -> pa.Table:
-    return pa.Table.from_pylist([dataclasses.asdict(i) for i in images], schema=IMAGES_SCHEMA)
+    return pa.Table.from_pylist([i.row() for i in images], schema=IMAGES_SCHEMA)
 
 
 def write_table(
