@@ -100,15 +100,16 @@ class Predictor:
         sizes = list(output_sizes) if output_sizes is not None else [im.shape[:2] for im in images]
         if len(sizes) != len(images):
             raise ValueError(f"{len(images)} images but {len(sizes)} output sizes")
-        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i, image in enumerate(images):
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
                 raise ValueError(
                     f"image {i}: expected HxWx3 uint8, not {image.dtype} {image.shape}"
                 )
-            groups[image.shape].append(i)
         if isinstance(self.engine, OpenVinoEngine):
             return self._predict_each(self.engine, images, sizes)
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, image in enumerate(images):
+            groups[image.shape].append(i)
         results: list[Prediction | None] = [None] * len(images)
         with torch.inference_mode():
             for indices in groups.values():
