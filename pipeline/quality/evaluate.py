@@ -266,15 +266,20 @@ def region_changes(
     in one map that no pixel of that class in the other map overlaps. Parts wholly in unlabeled
     truth count for neither; the background class has no regions."""
     valid = truth != IGNORE_INDEX
+    in_truth_pixels, in_pred_pixels = _histogram(truth, valid), _histogram(predicted, valid)
     added = removed = 0
-    for class_id in np.flatnonzero(
-        _histogram(truth, valid) + _histogram(predicted, valid)
-    ).tolist():
+    for class_id in np.flatnonzero(in_truth_pixels + in_pred_pixels).tolist():
         if class_id == background:
             continue
         in_truth, in_pred = truth == class_id, (predicted == class_id) & valid
-        added += _unmatched_parts(in_truth, in_pred)
-        removed += _unmatched_parts(in_pred, in_truth)
+        # Every part of either lies inside the box of both: labeling only that box is exact,
+        # and a class rarely spans the image.
+        x, y, w, h = cv2.boundingRect((in_truth | in_pred).view(np.uint8))
+        in_truth, in_pred = in_truth[y : y + h, x : x + w], in_pred[y : y + h, x : x + w]
+        if in_truth_pixels[class_id]:
+            added += _unmatched_parts(in_truth, in_pred)
+        if in_pred_pixels[class_id]:
+            removed += _unmatched_parts(in_pred, in_truth)
     return added, removed
 
 

@@ -22,6 +22,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
@@ -222,14 +223,17 @@ def _remap(
         for index, name in enumerate(names):
             if name in class_names:
                 lut[index] = class_names.index(name)
-    mapped = lut[values]
-    if (mapped < 0).any():
+    values = np.ascontiguousarray(values)
+    present = np.flatnonzero(cv2.calcHist([values], [0], None, [256], [0, 256]).ravel())
+    if (lut[present] < 0).any():
+        mapped = lut[values]  # the first unknown index in raster order, for the message
         bad = int(values[mapped < 0][0])
         named = f" ({names[bad]!r})" if names and bad < len(names) else ""
         raise TruthError(
             f"{what}: class index {bad}{named} is not one of the model's {len(class_names)} classes"
         )
-    return mapped.astype(np.uint8)
+    # OpenCV's table lookup: several times faster than indexing a table with the map.
+    return np.asarray(cv2.LUT(values, lut.astype(np.uint8)), np.uint8)
 
 
 class CocoTruth:

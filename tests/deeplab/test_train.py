@@ -25,6 +25,24 @@ def test_confusion_matrix_matches_a_plain_count() -> None:
     assert cm.sum() == truth.size - 3 * 53
 
 
+def test_confusion_matrix_counts_band_by_band_and_refuses_unknown_classes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Counted in bands of rows, as large images are, the counts are the same."""
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 6, (41, 29)).astype(np.uint8)
+    pred = rng.integers(0, 6, (41, 29)).astype(np.uint8)
+    truth[rng.random(truth.shape) < 0.1] = 255
+    whole = confusion_matrix(truth, pred, 6)
+    monkeypatch.setattr("deeplab.metrics._EXACT_COUNTS", 100)  # bands of 3 rows
+    assert np.array_equal(confusion_matrix(truth, pred, 6), whole)
+    assert whole.dtype == np.int64 and whole.sum() == int((truth != 255).sum())
+    with pytest.raises(ValueError, match="out of range for 5 classes"):
+        confusion_matrix(truth, pred, 5)
+    with pytest.raises(ValueError, match="must be uint8"):
+        confusion_matrix(truth.astype(np.int64), pred, 6)
+
+
 def test_iou_and_accuracy_on_a_known_case() -> None:
     truth = np.array([[0, 0, 1, 1]], np.uint8)
     pred = np.array([[0, 1, 1, 1]], np.uint8)

@@ -351,6 +351,46 @@ def test_regions_added_and_removed() -> None:
     assert region_changes(truth, predicted, None) == (2, 2)
 
 
+def brute_parts(mask: np.ndarray) -> list[set[tuple[int, int]]]:
+    """8-connected parts of a mask, by flood fill."""
+    seen: set[tuple[int, int]] = set()
+    parts = []
+    for start in zip(*np.nonzero(mask), strict=True):
+        if start in seen:
+            continue
+        part, stack = set(), [start]
+        seen.add(start)
+        while stack:
+            y, x = stack.pop()
+            part.add((y, x))
+            for dy, dx in itertools.product((-1, 0, 1), repeat=2):
+                q = (y + dy, x + dx)
+                inside = 0 <= q[0] < mask.shape[0] and 0 <= q[1] < mask.shape[1]
+                if inside and q not in seen and mask[q]:
+                    seen.add(q)
+                    stack.append(q)
+        parts.append(part)
+    return parts
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("background", [0, None])
+def test_regions_added_and_removed_agree_with_flood_fill(seed: int, background: int | None) -> None:
+    rng = np.random.default_rng(seed)
+    predicted = blocky(rng, 26, 34)
+    truth = reviewed(rng, predicted)
+    truth[rng.random(truth.shape) < 0.03] = int(rng.integers(0, N))  # speckle: tiny parts
+    valid = truth != 255
+    added = removed = 0
+    for class_id in sorted(set(np.unique(truth[valid])) | set(np.unique(predicted[valid]))):
+        if class_id == background:
+            continue
+        in_truth, in_pred = truth == class_id, (predicted == class_id) & valid
+        added += sum(not any(in_pred[q] for q in part) for part in brute_parts(in_truth))
+        removed += sum(not any(in_truth[q] for q in part) for part in brute_parts(in_pred))
+    assert region_changes(truth, predicted, background) == (added, removed)
+
+
 def _other_model(view: RunView, version: str) -> RunView:
     path = Path(view.layout.manifest)
     manifest = RunManifest.model_validate_json(path.read_text())
