@@ -21,6 +21,7 @@ Failed images get no mask.
 
 from __future__ import annotations
 
+import array
 import codecs
 import csv
 import hashlib
@@ -134,9 +135,7 @@ class MaskNames:
     batches; it is read two or three times."""
 
     def __init__(self, batches: Callable[[], Iterable[Sequence[Mapping[str, Any]]]]) -> None:
-        digests = [_digests(mask_name(i["key"]) for i in batch) for batch in batches()]
-        every = np.concatenate(digests) if digests else np.empty(0, np.int64)
-        maybe = _repeated(every)
+        maybe = _repeated(_all_digests(mask_name(i["key"]) for b in batches() for i in b))
         uses = Counter(
             folded
             for batch in (batches() if maybe else ())
@@ -153,14 +152,17 @@ class MaskNames:
     def _check(self, batches: Callable[[], Iterable[Sequence[Mapping[str, Any]]]]) -> None:
         """No two files share a name, with ids appended, and no file has a folder's name;
         compared by digest first, then exactly where two digests meet."""
-        files, folders = [], set()
-        for batch in batches():
-            names = [self.of(image) for image in batch]
-            files.append(_digests(f"{name}.png" for name in names))
-            folders |= {_digest(folder.casefold()) for name in names for folder in _folders(name)}
-        every = np.concatenate(files) if files else np.empty(0, np.int64)
-        folder_digests = np.fromiter(folders, np.int64, len(folders))
-        suspects = _repeated(every) | set(every[np.isin(every, folder_digests)].tolist())
+        folders: set[int] = set()
+
+        def files() -> Iterator[str]:
+            for batch in batches():
+                names = [self.of(image) for image in batch]
+                within = {folder for name in names for folder in _folders(name)}
+                folders.update(_digest(folder.casefold()) for folder in within)
+                yield from (f"{name}.png" for name in names)
+
+        every = _all_digests(files())
+        suspects = _repeated(every) | _among(np.fromiter(folders, np.int64, len(folders)), every)
         if not suspects:
             return
         names = [self.of(image) for batch in batches() for image in batch]
@@ -181,13 +183,26 @@ def _digest(folded: str) -> int:
     return int.from_bytes(hashlib.blake2b(folded.encode(), digest_size=8).digest(), signed=True)
 
 
-def _digests(names: Iterable[str]) -> npt.NDArray[np.int64]:
-    return np.fromiter((_digest(name.casefold()) for name in names), np.int64)
+def _all_digests(names: Iterable[str]) -> npt.NDArray[np.int64]:
+    """Every name's digest, sorted, in one array that grows in place: a list of arrays joined
+    at the end, then sorted by ``np.unique``, held the digests three times over."""
+    digests = array.array("q", (_digest(name.casefold()) for name in names))
+    every = np.frombuffer(digests, np.int64) if digests else np.empty(0, np.int64)
+    every.sort()
+    return every
 
 
-def _repeated(digests: npt.NDArray[np.int64]) -> set[int]:
-    values, counts = np.unique(digests, return_counts=True)
-    return set(values[counts > 1].tolist())
+def _among(values: npt.NDArray[np.int64], sorted_digests: npt.NDArray[np.int64]) -> set[int]:
+    """Those of ``values`` that ``sorted_digests`` holds, found by bisection: no copy of it."""
+    if not len(sorted_digests):
+        return set()
+    at = np.minimum(np.searchsorted(sorted_digests, values), len(sorted_digests) - 1)
+    return set(values[sorted_digests[at] == values].tolist())
+
+
+def _repeated(sorted_digests: npt.NDArray[np.int64]) -> set[int]:
+    same = sorted_digests[1:] == sorted_digests[:-1]
+    return set(sorted_digests[1:][same].tolist())
 
 
 def _folders(name: str) -> Iterator[str]:

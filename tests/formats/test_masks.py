@@ -137,6 +137,27 @@ def test_images_sharing_a_name_get_distinct_masks(tmp_path: Path) -> None:
             np.testing.assert_array_equal(np.asarray(image), class_map)
 
 
+def test_names_stay_apart_when_their_digests_meet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Names are compared by 64-bit digests first; where digests meet, exactly. Digests of
+    two values make every name meet another, and nothing changes."""
+    maps = {f"{k}.jpg": np.full((2, 2), k % 3, np.uint8) for k in range(6)}
+    maps["d/e.jpg"] = maps["x.jpg"] = maps["X.jpg"] = np.ones((2, 2), np.uint8)
+    view = write_run(tmp_path / "run", maps)
+    plain = read_index(exported(view))
+    monkeypatch.setattr("pipeline.formats.masks._digest", lambda folded: len(folded) % 2)
+    assert read_index(exported(view)) == plain
+    assert plain["3.jpg"]["mask"] == "SegmentationClass/3.png"
+    assert plain["X.jpg"]["mask"] == f"SegmentationClass/X.{plain['X.jpg']['image_id']}.png"
+
+
+def test_a_mask_named_like_a_folder_is_refused(tmp_path: Path) -> None:
+    maps = {"a.jpg": np.ones((2, 2), np.uint8), "a.png/b.jpg": np.ones((2, 2), np.uint8)}
+    with pytest.raises(ExportError, match=r"collide.*a\.png"):
+        exported(write_run(tmp_path / "run", maps))
+
+
 # Names a Linux file system and S3 hold, which Windows would refuse or read as folders.
 KEPT_KEYS = [
     "a<1>.jpg",
