@@ -22,6 +22,7 @@ from itertools import chain, count
 import numpy as np
 import numpy.typing as npt
 
+from pipeline.formats.xml_layout import indent
 from pipeline.geometry.class_maps import class_colours
 from pipeline.geometry.rle import region_crop
 from pipeline.run.view import ExportOptions, Part, RunView
@@ -40,7 +41,7 @@ def export_cvat(view: RunView, options: ExportOptions) -> tuple[str, ...]:
             (e for part in view.parts() for e in _image_elements(part, view, frames)),
         )
         for element in elements:
-            ET.indent(element, level=1)
+            indent(element, level=1)
             out.write(b"\n  " + ET.tostring(element, encoding="unicode").encode())
         out.write(b"\n</annotations>")
     return (uri,)

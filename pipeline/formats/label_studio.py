@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.formats.streams import JsonArray
+from pipeline.formats.xml_layout import indent
 from pipeline.geometry.class_maps import class_colours
 from pipeline.geometry.rle import region_crop, run_lengths_from_crop
 from pipeline.run.view import ExportError, ExportOptions, Part, RunView
@@ -150,7 +151,7 @@ def label_config(class_names: Sequence[str], background: int | None) -> str:
             if class_id != background:
                 colour = "#{:02x}{:02x}{:02x}".format(*colours[class_id])
                 ET.SubElement(control, "Label", value=class_name, background=colour)
-    ET.indent(view)
+    indent(view)
     return ET.tostring(view, encoding="unicode") + "\n"
 
 

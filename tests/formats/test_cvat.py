@@ -4,6 +4,8 @@ a decoder written here from CVAT's description, is its mask exactly."""
 
 from __future__ import annotations
 
+import gc
+import random
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from pycocotools import mask as mask_utils
 
 from pipeline.formats import ExportOptions, RunView
 from pipeline.formats.cvat import export_cvat
+from pipeline.formats.xml_layout import indent
 from pipeline.geometry.policy import RegionPolicy
 from tests.helpers import iou
 from tests.runs import CLASS_NAMES, write_run
@@ -167,3 +170,25 @@ def test_names_are_escaped_and_round_trip(tmp_path: Path) -> None:
         "tab\there.png": names[2],
         'we<ird> & "name".png': names[1],
     }
+
+
+def _tree(rng: random.Random, depth: int) -> ET.Element:
+    element = ET.Element("n", {"a": str(rng.random())})
+    element.text = rng.choice(["x", " ", "\n", None])
+    for _ in range(rng.randint(0, 3) if depth else 0):
+        child = _tree(rng, depth - 1)
+        child.tail = rng.choice(["y", " ", None, None])
+        element.append(child)
+    return element
+
+
+def test_indent_lays_out_xml_as_elementtree_does_and_leaves_no_garbage() -> None:
+    rng = random.Random(0)
+    for _ in range(300):
+        tree, level = _tree(rng, rng.randint(0, 4)), rng.randint(0, 3)
+        ours, theirs = ET.fromstring(ET.tostring(tree)), ET.fromstring(ET.tostring(tree))
+        ET.indent(theirs, level=level)
+        gc.collect()  # ElementTree's own cycle
+        indent(ours, level)
+        assert gc.collect() == 0
+        assert ET.tostring(ours) == ET.tostring(theirs)
