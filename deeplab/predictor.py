@@ -125,7 +125,7 @@ class Predictor:
         """OpenVINO takes images one to a request, of any size: those labeled at their own
         size come back decoded in its graph, the others as logits decoded here."""
         own = [i for i, image in enumerate(images) if tuple(sizes[i]) == image.shape[:2]]
-        other = sorted(set(range(len(images))) - set(own))
+        other = [i for i, image in enumerate(images) if tuple(sizes[i]) != image.shape[:2]]
         results: dict[int, Prediction] = {}
         maps = engine.maps_each([images[i] for i in own])
         for i, (classes, confidence) in zip(own, maps, strict=True):
