@@ -21,10 +21,8 @@ Failed images get no mask.
 
 from __future__ import annotations
 
-import array
 import codecs
 import csv
-import hashlib
 import io
 import re
 from collections import Counter
@@ -35,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from pipeline import digests
 from pipeline.geometry.class_maps import class_colours, class_map_of
 from pipeline.run.view import ExportError, ExportOptions, RunView
 from pipeline.storage import Storage
@@ -135,12 +134,14 @@ class MaskNames:
     batches; it is read two or three times."""
 
     def __init__(self, batches: Callable[[], Iterable[Sequence[Mapping[str, Any]]]]) -> None:
-        maybe = _repeated(_all_digests(mask_name(i["key"]) for b in batches() for i in b))
+        maybe = digests.repeated(
+            digests.sorted_digests(mask_name(i["key"]).casefold() for b in batches() for i in b)
+        )
         uses = Counter(
             folded
             for batch in (batches() if maybe else ())
             for image in batch
-            if _digest(folded := mask_name(image["key"]).casefold()) in maybe
+            if digests.digest(folded := mask_name(image["key"]).casefold()) in maybe
         )
         self.shared = {name for name, count in uses.items() if count > 1}
         self._check(batches)
@@ -158,15 +159,17 @@ class MaskNames:
             for batch in batches():
                 names = [self.of(image) for image in batch]
                 within = {folder for name in names for folder in _folders(name)}
-                folders.update(_digest(folder.casefold()) for folder in within)
-                yield from (f"{name}.png" for name in names)
+                folders.update(digests.digest(folder.casefold()) for folder in within)
+                yield from (f"{name}.png".casefold() for name in names)
 
-        every = _all_digests(files())
-        suspects = _repeated(every) | _among(np.fromiter(folders, np.int64, len(folders)), every)
+        every = digests.sorted_digests(files())
+        suspects = digests.repeated(every) | digests.among(
+            np.fromiter(folders, np.int64, len(folders)), every
+        )
         if not suspects:
             return
         names = [self.of(image) for batch in batches() for image in batch]
-        found = [name for name in names if _digest(f"{name}.png".casefold()) in suspects]
+        found = [name for name in names if digests.digest(f"{name}.png".casefold()) in suspects]
         clashing = Counter(f"{name}.png".casefold() for name in found)
         every_folder = {folder.casefold() for name in names for folder in _folders(name)}
         bad = sorted(f for f, n in clashing.items() if n > 1 or f in every_folder)
@@ -177,32 +180,6 @@ class MaskNames:
 def mask_names(images: Sequence[Mapping[str, Any]]) -> MaskNames:
     """Names for images all at hand."""
     return MaskNames(lambda: [images])
-
-
-def _digest(folded: str) -> int:
-    return int.from_bytes(hashlib.blake2b(folded.encode(), digest_size=8).digest(), signed=True)
-
-
-def _all_digests(names: Iterable[str]) -> npt.NDArray[np.int64]:
-    """Every name's digest, sorted, in one array that grows in place: a list of arrays joined
-    at the end, then sorted by ``np.unique``, held the digests three times over."""
-    digests = array.array("q", (_digest(name.casefold()) for name in names))
-    every = np.frombuffer(digests, np.int64) if digests else np.empty(0, np.int64)
-    every.sort()
-    return every
-
-
-def _among(values: npt.NDArray[np.int64], sorted_digests: npt.NDArray[np.int64]) -> set[int]:
-    """Those of ``values`` that ``sorted_digests`` holds, found by bisection: no copy of it."""
-    if not len(sorted_digests):
-        return set()
-    at = np.minimum(np.searchsorted(sorted_digests, values), len(sorted_digests) - 1)
-    return set(values[sorted_digests[at] == values].tolist())
-
-
-def _repeated(sorted_digests: npt.NDArray[np.int64]) -> set[int]:
-    same = sorted_digests[1:] == sorted_digests[:-1]
-    return set(sorted_digests[1:][same].tolist())
 
 
 def _folders(name: str) -> Iterator[str]:

@@ -146,7 +146,7 @@ def test_names_stay_apart_when_their_digests_meet(
     maps["d/e.jpg"] = maps["x.jpg"] = maps["X.jpg"] = np.ones((2, 2), np.uint8)
     view = write_run(tmp_path / "run", maps)
     plain = read_index(exported(view))
-    monkeypatch.setattr("pipeline.formats.masks._digest", lambda folded: len(folded) % 2)
+    monkeypatch.setattr("pipeline.digests.digest", lambda name: len(name) % 2)
     assert read_index(exported(view)) == plain
     assert plain["3.jpg"]["mask"] == "SegmentationClass/3.png"
     assert plain["X.jpg"]["mask"] == f"SegmentationClass/X.{plain['X.jpg']['image_id']}.png"
