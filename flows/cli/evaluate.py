@@ -19,7 +19,7 @@ from pipeline.quality.evaluate import (
 )
 from pipeline.quality.truth import open_truth
 
-_LISTED = 20  # failures printed; the evaluation's JSON and markdown list them all
+_LISTED = 20  # failures printed; the evaluation's per-image outcomes file lists them all
 
 app = typer.Typer()
 
@@ -83,26 +83,31 @@ def _print(evaluations: list[Evaluation]) -> None:
             (escape(f"IoU {name}"), [percent(e.iou.get(name)) for e in evaluations])
             for name in first.class_names
         ),
-        ("failed", [str(len(e.failed)) for e in evaluations]),
-        ("without truth", [str(len(e.missing)) for e in evaluations]),
+        ("failed", [str(e.failed) for e in evaluations]),
+        ("without truth", [str(e.missing) for e in evaluations]),
     ]
     for label, cells in rows:
         table.add_row(label, *cells)
     console.print(table)
     for e in evaluations:
-        for failure in e.failed[:_LISTED]:
+        for failure in e.failed_shown[:_LISTED]:
             console.print(
                 f"  not scored ({model_label(e)}): {failure.key}: {failure.reason}",
                 highlight=False,
                 markup=False,
                 soft_wrap=True,
             )
-        if len(e.failed) > _LISTED:
-            console.print(f"  ... {len(e.failed) - _LISTED} more failed, listed in the JSON")
-        if e.missing:
-            shown = ", ".join(e.missing[:5]) + (" ..." if len(e.missing) > 5 else "")
+        if e.failed > _LISTED:
             console.print(
-                f"  {len(e.missing)} images without truth ({model_label(e)}): {shown}",
+                f"  ... {e.failed - _LISTED} more failed, listed in {e.per_image}",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
+        if e.missing:
+            shown = ", ".join(e.missing_shown[:5]) + (" ..." if e.missing > 5 else "")
+            console.print(
+                f"  {e.missing} images without truth ({model_label(e)}): {shown}",
                 highlight=False,
                 markup=False,
                 soft_wrap=True,

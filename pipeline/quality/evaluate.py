@@ -2,25 +2,33 @@
 
 The prediction is the class map painted back from the run's regions (``class_map_of``), which is
 what reviewers were shown, so the figures say how much reviewing the pre-labels saved. Each
-evaluation is written as ``evaluations/<model_version>.json`` and ``.md`` in the run folder;
-``evaluate_runs`` with several runs (one per model, over the same images) writes every
-evaluation into every run folder, so each folder's markdown shows the models side by side.
+evaluation is written as ``evaluations/<model_version>.json`` and ``.md`` in the run folder,
+and every image's outcome as ``<model_version>.images.parquet`` beside them, written as the
+images are scored: the JSON keeps counts, the first few failures and the most corrected
+images, so memory does not grow with the run. ``evaluate_runs`` with several runs (one per
+model, over the same images) writes every evaluation's JSON into every run folder, so each
+folder's markdown shows the models side by side.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, ValidationError
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from deeplab.metrics import IGNORE_INDEX, confusion_matrix, iou_per_class
 from pipeline.errors import PrelabelError
@@ -82,24 +90,59 @@ class Evaluation(BaseModel):
     regions_added: int  # truth regions with no predicted region of their class overlapping
     regions_removed: int  # predicted regions with no truth region of their class overlapping
     confusion: list[list[int]]  # pixels; rows truth, columns prediction, in class id order
-    per_image: list[ImageScore]
-    failed: list[Failure]  # images the run failed on, or whose truth could not be used
-    missing: list[str]  # run images the truth has no label for
-    truth_unmatched: list[str]  # truth labels no run image uses
+    failed: int  # images the run failed on, or whose truth could not be used
+    missing: int  # run images the truth has no label for
+    truth_unmatched: int  # truth labels no run image uses
+    most_corrected: list[ImageScore]  # the images with the most pixels changed, most first
+    failed_shown: list[Failure]  # the first failures, in key order
+    missing_shown: list[str]  # the first images without truth, in key order
+    truth_unmatched_shown: list[str]  # the first truth labels unused, in name order
+    # Every image's outcome, relative to ``run``; None where it was not written.
+    per_image: str | None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lists_to_counts(cls, data: Any) -> Any:
+        """An evaluation written before per-image outcomes had their own file held every
+        score and failure in its lists: read as the counts and the first few."""
+        if not isinstance(data, dict) or not isinstance(data.get("per_image"), list):
+            return data
+        data = dict(data)
+        scores = [ImageScore.model_validate(s) for s in data["per_image"]]
+        data["most_corrected"] = _ranked(scores)
+        data["per_image"] = None
+        for field in ("failed", "missing", "truth_unmatched"):
+            listed = data[field]
+            data[field], data[f"{field}_shown"] = len(listed), listed[:_LISTED]
+        return data
 
 
 def evaluate_runs(
     views: Sequence[RunView], truth: Truth, *, tolerance: int = 2
 ) -> list[Evaluation]:
     """Evaluate each run against ``truth`` and write every evaluation into every run folder;
-    returns them in the order given."""
+    returns them in the order given. Each run's per-image outcomes are spooled to a temporary
+    file and land in its folder only when every evaluation has succeeded."""
     versions = [view.model.model_version for view in views]
     if len(set(versions)) != len(versions):
         raise EvaluationError(
             f"runs to compare must come from different models; model {versions[0]} repeats "
             "(one run folder per model, over the same images)"
         )
-    evaluations = [evaluate_run(view, truth, tolerance=tolerance) for view in views]
+    with contextlib.ExitStack() as spools:
+        files = [spools.enter_context(tempfile.TemporaryFile()) for _ in views]
+        evaluations = [
+            evaluate_run(view, truth, tolerance=tolerance, outcomes=file)
+            for view, file in zip(views, files, strict=True)
+        ]
+        for view, evaluation, file in zip(views, evaluations, files, strict=True):
+            storage = view.layout.storage
+            file.seek(0)
+            uri = storage.join(
+                view.layout.root, EVALUATIONS, _outcomes_name(evaluation.model_version)
+            )
+            with storage.write_stream(uri) as out:
+                shutil.copyfileobj(file, out)
     for view in views:
         for evaluation in evaluations:
             _write(view, f"{evaluation.model_version}.json", evaluation.model_dump_json(indent=1))
@@ -108,8 +151,12 @@ def evaluate_runs(
     return evaluations
 
 
-def evaluate_run(view: RunView, truth: Truth, *, tolerance: int = 2) -> Evaluation:
-    """Figures over every ok image of the run that the truth labels; nothing is written."""
+def evaluate_run(
+    view: RunView, truth: Truth, *, tolerance: int = 2, outcomes: BinaryIO | None = None
+) -> Evaluation:
+    """Figures over every ok image of the run that the truth labels. Every image's outcome
+    is written to ``outcomes`` as Parquet (``OUTCOMES_SCHEMA``) as it is found, where given;
+    nothing else is written."""
     if tolerance < 0:
         raise EvaluationError(f"boundary tolerance must be >= 0 pixels, not {tolerance}")
     version = view.model.model_version
@@ -119,19 +166,15 @@ def evaluate_run(view: RunView, truth: Truth, *, tolerance: int = 2) -> Evaluati
     check_names(truth, names)
     background = view.background if view.background is not None else 0
     confusion = np.zeros((len(names), len(names)), np.int64)
-    scores: list[ImageScore] = []
-    failed: list[Failure] = []
-    missing: list[str] = []
     boundary = np.zeros(4, np.int64)  # matched predicted, predicted, matched truth, truth
-    keys: list[str] = []  # every image of the run, for the truth it leaves unmatched
+    found = _Outcomes(outcomes)
     for image, regions in _images_with_regions(view):
         key = image["key"]
-        keys.append(key)
         if image["status"] != "ok":
-            failed.append(Failure(key=key, reason=f"the run failed: {image['error']}"))
+            found.failed(key, f"the run failed: {image['error']}")
             continue
         if not truth.has(key):
-            missing.append(key)
+            found.missing(key)
             continue
         height, width = image["height"], image["width"]
         try:
@@ -141,7 +184,7 @@ def evaluate_run(view: RunView, truth: Truth, *, tolerance: int = 2) -> Evaluati
                     f"truth is {expected.shape[1]}x{expected.shape[0]}, the image {width}x{height}"
                 )
         except TruthError as exc:
-            failed.append(Failure(key=key, reason=str(exc)))
+            found.failed(key, str(exc))
             continue
         predicted = class_map_of(regions, height, width, background)
         cm = confusion_matrix(expected, predicted, len(names))
@@ -150,7 +193,7 @@ def evaluate_run(view: RunView, truth: Truth, *, tolerance: int = 2) -> Evaluati
         boundary += counts
         added, removed = region_changes(expected, predicted, view.background)
         pixels = int(cm.sum())
-        scores.append(
+        found.scored(
             ImageScore(
                 key=key,
                 pixels=pixels,
@@ -160,13 +203,18 @@ def evaluate_run(view: RunView, truth: Truth, *, tolerance: int = 2) -> Evaluati
                 regions_removed=removed,
             )
         )
-    if not scores:
+    if not found.counts["scored"]:
+        found.close()
+        missing = found.counts["missing"]
         raise EvaluationError(
             f"no image of {view.layout.root} could be scored against {truth.source} "
-            f"({len(missing)} without truth, {len(failed)} failed"
-            + (f", e.g. {missing[0]!r}" if missing else "")
+            f"({missing} without truth, {found.counts['failed']} failed"
+            + (f", e.g. {found.shown['missing'][0]!r}" if missing else "")
             + ")"
         )
+    for name in truth.unmatched(_keys(view)):
+        found.unmatched(name)
+    found.close()
     iou = iou_per_class(confusion)
     total = int(confusion.sum())
     accuracy = float(np.trace(confusion) / total) if total else None
@@ -179,7 +227,7 @@ def evaluate_run(view: RunView, truth: Truth, *, tolerance: int = 2) -> Evaluati
         evaluated_at=datetime.now(UTC),
         boundary_tolerance=tolerance,
         class_names=names,
-        images=len(scores),
+        images=found.counts["scored"],
         pixels=total,
         iou={name: _finite(v) for name, v in zip(names, iou, strict=True)},
         miou=_finite(float(np.nanmean(iou))) if not np.isnan(iou).all() else None,
@@ -188,14 +236,104 @@ def evaluate_run(view: RunView, truth: Truth, *, tolerance: int = 2) -> Evaluati
         boundary_recall=_ratio(boundary[2], boundary[3]),
         boundary_f1=_f1(boundary),
         changed_share=None if accuracy is None else 1 - accuracy,
-        regions_added=sum(s.regions_added for s in scores),
-        regions_removed=sum(s.regions_removed for s in scores),
+        regions_added=found.added,
+        regions_removed=found.removed,
         confusion=confusion.tolist(),
-        per_image=scores,
-        failed=failed,
-        missing=missing,
-        truth_unmatched=truth.unmatched(keys),
+        failed=found.counts["failed"],
+        missing=found.counts["missing"],
+        truth_unmatched=found.counts["truth only"],
+        most_corrected=_ranked(found.top),
+        failed_shown=[Failure(key=k, reason=r or "") for k, r in found.shown["failed"]],
+        missing_shown=[k for k, _ in found.shown["missing"]],
+        truth_unmatched_shown=[k for k, _ in found.shown["truth only"]],
+        per_image=None if outcomes is None else f"{EVALUATIONS}/{_outcomes_name(version)}",
     )
+
+
+OUTCOMES_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),  # the run's image key; for "truth only", the truth's label
+        ("outcome", pa.string()),  # scored, failed, missing (no truth), truth only
+        ("reason", pa.string()),  # why it failed
+        ("pixels", pa.int64()),  # the rest: scored images only, as ImageScore
+        ("changed_share", pa.float64()),
+        ("boundary_f1", pa.float64()),
+        ("regions_added", pa.int64()),
+        ("regions_removed", pa.int64()),
+    ]
+)
+_OUTCOME_ROWS = 8192  # rows to a row group of the outcomes file
+
+
+class _Outcomes:
+    """Every image's outcome, written a row group at a time; kept in memory are only the
+    counts, the first few of each failure and the most corrected images. Scores kept whole
+    took about 1.3 KB an image, over a GB at a million."""
+
+    def __init__(self, sink: BinaryIO | None) -> None:
+        self.writer = None if sink is None else pq.ParquetWriter(sink, OUTCOMES_SCHEMA)
+        self.rows: list[dict[str, Any]] = []
+        self.counts = dict.fromkeys(("scored", "failed", "missing", "truth only"), 0)
+        self.shown: dict[str, list[tuple[str, str | None]]] = {k: [] for k in self.counts}
+        self.top: list[ImageScore] = []
+        self.added = self.removed = 0
+
+    def scored(self, score: ImageScore) -> None:
+        self.added += score.regions_added
+        self.removed += score.regions_removed
+        self.top.append(score)
+        if len(self.top) >= 4 * _TOP_IMAGES:
+            self.top = _ranked(self.top)
+        self._row(score.key, "scored", None, score.model_dump(exclude={"key"}))
+
+    def failed(self, key: str, reason: str) -> None:
+        self._row(key, "failed", reason)
+
+    def missing(self, key: str) -> None:
+        self._row(key, "missing")
+
+    def unmatched(self, name: str) -> None:
+        self._row(name, "truth only")
+
+    def _row(
+        self,
+        key: str,
+        outcome: str,
+        reason: str | None = None,
+        figures: dict[str, Any] | None = None,
+    ) -> None:
+        self.counts[outcome] += 1
+        if outcome != "scored" and len(self.shown[outcome]) < _LISTED:
+            self.shown[outcome].append((key, reason))
+        if self.writer is not None:
+            self.rows.append({"key": key, "outcome": outcome, "reason": reason, **(figures or {})})
+            if len(self.rows) == _OUTCOME_ROWS:
+                self._flush()
+
+    def _flush(self) -> None:
+        if self.writer is not None and self.rows:
+            self.writer.write_table(pa.Table.from_pylist(self.rows, OUTCOMES_SCHEMA))
+        self.rows = []
+
+    def close(self) -> None:
+        self._flush()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _ranked(scores: Sequence[ImageScore]) -> list[ImageScore]:
+    """The most corrected first, ties by key: the images the markdown lists."""
+    return sorted(scores, key=lambda s: (-s.changed_share, s.key))[:_TOP_IMAGES]
+
+
+def _outcomes_name(version: str) -> str:
+    return f"{version}.images.parquet"
+
+
+def _keys(view: RunView) -> Iterator[str]:
+    """Every image key of the run, in key order, read again from its index."""
+    for batch in view.rows.batches(["key"]):
+        yield from batch.column(0).to_pylist()
 
 
 def _images_with_regions(
@@ -369,7 +507,7 @@ def to_markdown(evaluation: Evaluation, others: Sequence[Evaluation] = ()) -> st
         f"| {_cell(name)} | " + " | ".join(str(v) for v in row) + " |"
         for name, row in zip(e.class_names, e.confusion, strict=True)
     ]
-    ranked = sorted(e.per_image, key=lambda s: (-s.changed_share, s.key))[:_TOP_IMAGES]
+    ranked = e.most_corrected
     lines += [
         "",
         f"## Most corrected images ({len(ranked)} of {e.images})",
@@ -382,21 +520,24 @@ def to_markdown(evaluation: Evaluation, others: Sequence[Evaluation] = ()) -> st
         f"{s.regions_added} | {s.regions_removed} |"
         for s in ranked
     ]
+    where = f" (all in `{_cell(e.per_image)}`)" if e.per_image else ""
     if e.failed:
-        lines += ["", f"## Not scored: {len(e.failed)} failed", ""]
-        lines += [f"- {_cell(f.key)}: {_cell(f.reason)}" for f in e.failed[:_LISTED]]
-        lines += _more(len(e.failed))
+        lines += ["", f"## Not scored: {e.failed} failed", ""]
+        lines += [f"- {_cell(f.key)}: {_cell(f.reason)}" for f in e.failed_shown]
+        lines += _more(e.failed, len(e.failed_shown), where)
     if e.missing:
-        lines += ["", f"## Not scored: {len(e.missing)} without truth", ""]
-        lines += [f"- {_cell(key)}" for key in e.missing[:_LISTED]]
-        lines += _more(len(e.missing))
+        lines += ["", f"## Not scored: {e.missing} without truth", ""]
+        lines += [f"- {_cell(key)}" for key in e.missing_shown]
+        lines += _more(e.missing, len(e.missing_shown), where)
     if e.truth_unmatched:
-        lines += ["", f"{len(e.truth_unmatched)} truth labels match no image of the run."]
+        lines += ["", f"{e.truth_unmatched} truth labels match no image of the run."]
+    if e.per_image:
+        lines += ["", f"Every image's outcome is in `{_cell(e.per_image)}`."]
     return "\n".join(lines) + "\n"
 
 
-def _more(count: int) -> list[str]:
-    return [f"- ... and {count - _LISTED} more (all in the JSON)"] if count > _LISTED else []
+def _more(count: int, shown: int, where: str) -> list[str]:
+    return [f"- ... and {count - shown} more{where}"] if count > shown else []
 
 
 def _write(view: RunView, name: str, text: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from prefect.testing.utilities import prefect_test_harness
@@ -24,11 +25,13 @@ from typer.testing import CliRunner, Result
 
 from pipeline.geometry.class_maps import class_colours
 from pipeline.quality.evaluate import (
+    Evaluation,
     EvaluationError,
     boundary_counts,
     evaluate_run,
     evaluate_runs,
     region_changes,
+    stored_evaluations,
 )
 from pipeline.quality.truth import TruthError, open_truth
 from pipeline.run.manifest import RunManifest
@@ -182,10 +185,17 @@ def test_figures_agree_with_a_numpy_reference(tmp_path: Path, seed: int) -> None
     assert evaluation.pixel_accuracy == pytest.approx(ref["accuracy"], abs=1e-6)
     assert evaluation.changed_share == pytest.approx(1 - ref["accuracy"], abs=1e-6)
     assert evaluation.pixels == sum(int((t != 255).sum()) for t in truths.values())
-    for score in evaluation.per_image:
-        t, p = truths[score.key], preds[score.key]
+    outcomes = pq.read_table(tmp_path / "run" / "evaluations" / "v1.images.parquet").to_pylist()
+    assert evaluation.per_image == "evaluations/v1.images.parquet"
+    assert [row["key"] for row in outcomes] == sorted(preds)
+    for row in outcomes:
+        t, p = truths[row["key"]], preds[row["key"]]
         keep = t != 255
-        assert score.changed_share == pytest.approx(float((t[keep] != p[keep]).mean()), abs=1e-6)
+        assert row["outcome"] == "scored" and row["pixels"] == int(keep.sum())
+        assert row["changed_share"] == pytest.approx(float((t[keep] != p[keep]).mean()), abs=1e-6)
+    ranked = sorted(outcomes, key=lambda row: (-row["changed_share"], row["key"]))
+    assert [s.key for s in evaluation.most_corrected] == [row["key"] for row in ranked]
+    assert evaluation.regions_added == sum(row["regions_added"] for row in outcomes)
     stored = json.loads((tmp_path / "run" / "evaluations" / "v1.json").read_text())
     assert stored["miou"] == evaluation.miou
     assert (tmp_path / "run" / "evaluations" / "v1.md").read_text().count("| mIoU |") == 1
@@ -256,12 +266,21 @@ def test_failed_missing_and_misfit_images_are_listed(tmp_path: Path) -> None:
         [view], open_truth(str(write_masks(tmp_path / "t", truths, names=None)))
     )
     assert evaluation.images == 1 and evaluation.pixel_accuracy == 1.0
-    reasons = {f.key: f.reason for f in evaluation.failed}
+    reasons = {f.key: f.reason for f in evaluation.failed_shown}
     assert reasons["bad.jpg"] == "the run failed: not a readable image"
     assert reasons["b.jpg"] == "truth is 10x10, the image 40x32"
     assert "class index 9 is not one of the model's 5 classes" in reasons["c.jpg"]
-    assert evaluation.missing == ["d.jpg"]
-    assert evaluation.truth_unmatched == ["gone.jpg"]
+    assert (evaluation.failed, evaluation.missing, evaluation.truth_unmatched) == (3, 1, 1)
+    assert evaluation.missing_shown == ["d.jpg"]
+    assert evaluation.truth_unmatched_shown == ["gone.jpg"]
+    outcomes = pq.read_table(tmp_path / "run" / "evaluations" / "v1.images.parquet")
+    assert {(r["key"], r["outcome"], r["reason"]) for r in outcomes.to_pylist()} == {
+        ("a.jpg", "scored", None),
+        *(("b.jpg", "failed", reasons["b.jpg"]), ("c.jpg", "failed", reasons["c.jpg"])),
+        ("bad.jpg", "failed", reasons["bad.jpg"]),
+        ("d.jpg", "missing", None),
+        ("gone.jpg", "truth only", None),
+    }
     markdown = (tmp_path / "run" / "evaluations" / "v1.md").read_text()
     assert "- bad.jpg: the run failed: not a readable image" in markdown
     assert "without truth" in markdown and "- d.jpg" in markdown
@@ -269,6 +288,82 @@ def test_failed_missing_and_misfit_images_are_listed(tmp_path: Path) -> None:
         evaluate_run(
             view, open_truth(str(write_masks(tmp_path / "u", {"zzz.jpg": truths["b.jpg"]})))
         )
+
+
+@pytest.mark.parametrize("index", [True, False])
+def test_long_lists_are_counted_and_listed_in_the_outcomes_file(
+    tmp_path: Path, index: bool
+) -> None:
+    """More failures than the JSON lists: the counts are whole, the JSON and markdown show
+    the first, and the outcomes file has every one; unused truth is found by digest, for
+    truth paired through index.csv and by name alike."""
+    rng = np.random.default_rng(5)
+    preds = {f"k{i:03d}.jpg": blocky(rng, 16, 16) for i in range(130)}
+    view = write_run(tmp_path / "run", preds)
+    truths = {k: preds[k] for k in list(preds)[:10]}
+    truths |= {f"x{i:03d}.jpg": np.zeros((4, 4), np.uint8) for i in range(60)}
+    [evaluation] = evaluate_runs(
+        [view], open_truth(str(write_masks(tmp_path / "t", truths, index=index)))
+    )
+    assert (evaluation.images, evaluation.missing, evaluation.truth_unmatched) == (10, 120, 60)
+    assert evaluation.missing_shown == [f"k{i:03d}.jpg" for i in range(10, 60)]
+    unused = [f"x{i:03d}.jpg" for i in range(10)] if index else None
+    shown = evaluation.truth_unmatched_shown
+    assert len(shown) == 50 and (unused is None or shown[:10] == unused)
+    outcomes = pq.read_table(tmp_path / "run" / "evaluations" / "v1.images.parquet").to_pylist()
+    assert [r["key"] for r in outcomes if r["outcome"] == "missing"] == sorted(preds)[10:]
+    assert len([r for r in outcomes if r["outcome"] == "truth only"]) == 60
+    markdown = (tmp_path / "run" / "evaluations" / "v1.md").read_text()
+    assert "- ... and 70 more (all in `evaluations/v1.images.parquet`)" in markdown
+
+
+def test_nothing_lands_when_one_run_of_several_cannot_be_scored(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    truths = {f"{i}.jpg": blocky(rng, 16, 24) for i in range(3)}
+    good = write_run(tmp_path / "good", truths)
+    stranger = _other_model(write_run(tmp_path / "other", {"z.jpg": truths["0.jpg"]}), "v2")
+    with pytest.raises(EvaluationError, match="could be scored"):
+        evaluate_runs([good, stranger], open_truth(str(write_masks(tmp_path / "t", truths))))
+    assert not (tmp_path / "good" / "evaluations").exists()
+
+
+def test_an_evaluation_written_with_whole_lists_is_read_as_counts(tmp_path: Path) -> None:
+    """Evaluations from before the outcomes file held every score and failure in the JSON;
+    they still line up beside new ones."""
+    rng = np.random.default_rng(8)
+    truths = {f"{i}.jpg": blocky(rng, 16, 24) for i in range(3)}
+    view = write_run(tmp_path / "run", truths)
+    [new] = evaluate_runs([view], open_truth(str(write_masks(tmp_path / "t", truths))))
+    old = new.model_dump(mode="json", exclude={"most_corrected", "per_image"})
+    for field in ("failed", "missing", "truth_unmatched"):
+        del old[f"{field}_shown"]
+    scores = [
+        {
+            "key": f"{i}.jpg",
+            "pixels": 9,
+            "changed_share": i / 10,
+            "boundary_f1": None,
+            "regions_added": 0,
+            "regions_removed": 1,
+        }
+        for i in range(25)
+    ]
+    failures = [{"key": f"f{i}", "reason": "r"} for i in range(60)]
+    old |= {
+        "model_version": "v0",
+        "per_image": scores,
+        "failed": failures,
+        "missing": ["m"],
+        "truth_unmatched": [],
+    }
+    (tmp_path / "run" / "evaluations" / "v0.json").write_text(json.dumps(old))
+    read = {e.model_version: e for e in stored_evaluations(view)}
+    assert set(read) == {"v0", "v1"}
+    v0 = read["v0"]
+    assert (v0.failed, v0.missing, v0.truth_unmatched, v0.per_image) == (60, 1, 0, None)
+    assert [s.key for s in v0.most_corrected] == [f"{i}.jpg" for i in range(24, 4, -1)]
+    assert len(v0.failed_shown) == 50 and v0.missing_shown == ["m"]
+    assert Evaluation.model_validate_json(v0.model_dump_json()) == v0
 
 
 def brute_boundaries(labels: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -412,9 +507,10 @@ def test_model_versions_side_by_side(tmp_path: Path) -> None:
     first, second = evaluate_runs([good, worse], open_truth(source))
     assert first.miou == 1.0 and second.miou is not None and second.miou < 1.0
     for run in ("good", "worse"):
-        assert sorted(p.name for p in (tmp_path / run / "evaluations").iterdir()) == [
-            *(["v1.json", "v1.md", "v2.json"] if run == "good" else ["v1.json", "v2.json", "v2.md"])
-        ]
+        own = "v1" if run == "good" else "v2"
+        assert sorted(p.name for p in (tmp_path / run / "evaluations").iterdir()) == sorted(
+            ["v1.json", "v2.json", f"{own}.md", f"{own}.images.parquet"]
+        )
     markdown = (tmp_path / "good" / "evaluations" / "v1.md").read_text()
     assert "| | test v1 | v2.ckpt v2 |" in markdown  # named by checkpoint file and version
     assert f"| mIoU | 100.00% | {100 * second.miou:.2f}% |" in markdown
