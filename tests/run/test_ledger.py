@@ -241,3 +241,26 @@ def test_an_index_of_many_row_groups_reads_back_the_same_rows(
     assert _rows(rows, ["image_id", "shard"]).equals(full.images.select(["image_id", "shard"]))
     listed = [_item(key, "e1") for key in ("a", "b", "c", "z")]
     assert indexed.todo(listed) == full.todo(listed)
+
+
+def test_the_index_is_read_from_disk_pass_by_pass_and_removed_with_the_rows(
+    layout: RunLayout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The index's bytes are not held for as long as the run is read: passes read a copy on
+    disk, which the index can be replaced under, two passes may interleave, and the copy goes
+    when the rows are let go."""
+    monkeypatch.setattr(ledger_module, "_INDEX_ROWS", 2)
+    full = Ledger.load(layout)
+    full.save_index(layout)
+    rows = LatestRows.load(layout)
+    expected = full.images.select(["key"])
+    Path(layout.index).write_bytes(b"replaced")
+    first, second = rows.batches(["key"]), rows.batches(["key"])
+    interleaved = [batch for pair in zip(first, second, strict=True) for batch in pair]
+    assert pa.Table.from_batches(interleaved[::2]).equals(expected)
+    assert pa.Table.from_batches(interleaved[1::2]).equals(expected)
+    assert not isinstance(rows.source, pa.Table)
+    spooled = Path(rows.source.file.name)
+    assert spooled.exists()
+    del rows, first, second
+    assert not spooled.exists()
