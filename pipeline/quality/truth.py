@@ -15,6 +15,7 @@ say exactly which labels a figure was computed against; masks are read as images
 
 from __future__ import annotations
 
+import bisect
 import csv
 import hashlib
 import io
@@ -73,54 +74,87 @@ def check_names(truth: Truth, class_names: Sequence[str]) -> None:
         )
 
 
+_SIDE_FILES = ("labelmap.txt", "index.csv")
+
+
 class MaskTruth:
     """A masks folder, read a mask at a time as images are scored: a million masks would not
-    fit in memory. Each file is hashed as it is read; ``sha256`` reads those no image used."""
+    fit in memory. Each file is hashed as it is read; ``sha256`` reads those no image used.
+
+    The listing is a million names for a million masks, so it is held compactly: the names
+    sorted in one list (a name's place found by bisection), a URI only where joining the name
+    to the folder does not give it back, and each file's sha256 as 32 bytes of one array.
+    Dicts of URIs and hex digests took about 570 bytes a mask."""
 
     def __init__(self, source: str, storage: Storage) -> None:
         self.source = source
         self.storage = storage
+        self.odd_uris: dict[str, str] = {}  # name -> URI, where the name does not join to it
+        files: list[str] = []
         try:
-            self.uris = {
-                info.key: info.uri
-                for info in storage.list(source)
-                if info.key.lower().endswith(".png") or info.key in ("labelmap.txt", "index.csv")
-            }
+            for info in storage.list(source):
+                if info.key.lower().endswith(".png") or info.key in _SIDE_FILES:
+                    files.append(info.key)
+                    if info.uri != self._joined(info.key):
+                        self.odd_uris[info.key] = info.uri
         except StorageError as exc:
             raise TruthError(f"{source}: cannot read the truth masks ({exc})") from exc
-        self.digests: dict[str, str] = {}  # sha256 of each file read so far
+        files.sort()
+        self.files = files
+        self.hashes = bytearray(32 * len(files))  # sha256 of files[i] at 32 * i, once read
+        self.hashed = bytearray(len(files))
         self.colours: dict[tuple[int, int, int], int] = {}
         self.names: tuple[str, ...] | None = None
-        if "labelmap.txt" in self.uris:
+        if self._at("labelmap.txt") is not None:
             self.names, self.colours = _labelmap(self._read("labelmap.txt"), source)
-        self.masks = {name for name in self.uris if name.lower().endswith(".png")}
-        if not self.masks:
+        masks = [name for name in files if name.lower().endswith(".png")]
+        if not masks:
             raise TruthError(f"{source}: no PNG masks found")
-        self.entries = _index(self._read("index.csv"), source) if "index.csv" in self.uris else None
+        listed = self._at("index.csv") is not None
+        self.entries = _index(self._read("index.csv"), source) if listed else None
         folder = f"{CLASSES_FOLDER}/"
-        nested = any(name.startswith(folder) for name in self.masks)
+        nested = any(name.startswith(folder) for name in masks)
         self.stems = {
             name.removeprefix(folder)[: -len(".png")]: name
-            for name in self.masks
+            for name in masks
             if not nested or name.startswith(folder)
         }
 
     @property
     def sha256(self) -> str:
         """Of every file's name and bytes, in name order: which labels the figures are of."""
-        for name in sorted(set(self.uris) - set(self.digests)):
-            self._read(name)
+        for i, name in enumerate(self.files):
+            if not self.hashed[i]:
+                self._read(name)
         digest = hashlib.sha256()
-        for name in sorted(self.digests):
-            digest.update(f"{name}\t{self.digests[name]}\n".encode())
+        for i, name in enumerate(self.files):
+            digest.update(f"{name}\t{self.hashes[32 * i : 32 * i + 32].hex()}\n".encode())
         return digest.hexdigest()
 
-    def _read(self, name: str) -> bytes:
+    def _joined(self, name: str) -> str | None:
         try:
-            data = self.storage.read(self.uris[name])
+            return self.storage.join(self.source, name)
+        except ValueError:  # a key S3 storage would not join (an empty or '..' segment)
+            return None
+
+    def _at(self, name: str) -> int | None:
+        """Where ``name`` is in the sorted listing, or None if it is not there."""
+        i = bisect.bisect_left(self.files, name)
+        return i if i < len(self.files) and self.files[i] == name else None
+
+    def _read(self, name: str) -> bytes:
+        i = self._at(name)
+        if i is None:
+            raise TruthError(f"{self.source}: {name} is not among its files")
+        try:
+            # A name that did not join back to its URI when listed has the URI kept.
+            data = self.storage.read(
+                self.odd_uris.get(name) or self.storage.join(self.source, name)
+            )
         except StorageError as exc:
             raise TruthError(f"{self.source}: cannot read the truth masks ({exc})") from exc
-        self.digests[name] = hashlib.sha256(data).hexdigest()
+        self.hashes[32 * i : 32 * i + 32] = hashlib.sha256(data).digest()
+        self.hashed[i] = 1
         return data
 
     def _mask_of(self, key: str) -> str | None:
@@ -140,7 +174,7 @@ class MaskTruth:
         name = self._mask_of(key)
         if name is None:
             raise TruthError(f"{key}: no truth mask")
-        if name not in self.masks:
+        if self._at(name) is None or not name.lower().endswith(".png"):
             raise TruthError(f"{key}: mask {name} named in index.csv is not in {self.source}")
         data = self._read(name)
         try:

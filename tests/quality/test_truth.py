@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +128,23 @@ def test_masks_are_read_as_scored_and_the_digest_covers_every_file(
         expected.update(f"{name}\t{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
     assert truth.sha256 == expected.hexdigest()
     assert sorted(Path(uri).name for uri in reads) == ["a.png", "b.png", "c.png", "labelmap.txt"]
+
+
+def test_a_mask_whose_name_is_not_utf8_is_read_by_its_exact_name(tmp_path: Path) -> None:
+    """The listing keeps a URI only for a name that does not join back to it: a local file
+    name that is not UTF-8, listed by its printable form. It is still hashed from its bytes."""
+    folder = tmp_path / "SegmentationClass"
+    _palette_mask(folder / "a.png", np.eye(3))
+    odd = Path(os.fsdecode(os.fsencode(folder) + b"/caf\xe9.png"))
+    _palette_mask(odd, np.eye(3) * 2)
+    truth = open_truth(str(tmp_path))
+    assert list(truth.odd_uris) == ["SegmentationClass/caf\\xe9.png"]  # type: ignore[attr-defined]
+    expected = hashlib.sha256()
+    for name, data in sorted(
+        [
+            ("SegmentationClass/a.png", (folder / "a.png").read_bytes()),
+            ("SegmentationClass/caf\\xe9.png", odd.read_bytes()),
+        ]
+    ):
+        expected.update(f"{name}\t{hashlib.sha256(data).hexdigest()}\n".encode())
+    assert truth.sha256 == expected.hexdigest()
