@@ -23,6 +23,7 @@ from prefect.testing.utilities import prefect_test_harness
 from pycocotools import mask as mask_utils
 from typer.testing import CliRunner, Result
 
+from deeplab.metrics import confusion_matrix
 from pipeline.geometry.class_maps import class_colours
 from pipeline.quality.evaluate import (
     Evaluation,
@@ -484,6 +485,8 @@ def test_regions_added_and_removed_agree_with_flood_fill(seed: int, background: 
         added += sum(not any(in_pred[q] for q in part) for part in brute_parts(in_truth))
         removed += sum(not any(in_truth[q] for q in part) for part in brute_parts(in_pred))
     assert region_changes(truth, predicted, background) == (added, removed)
+    cm = confusion_matrix(truth, predicted, N)
+    assert region_changes(truth, predicted, background, confusion=cm) == (added, removed)
 
 
 def _other_model(view: RunView, version: str) -> RunView:
