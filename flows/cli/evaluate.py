@@ -99,7 +99,7 @@ def _print(evaluations: list[Evaluation]) -> None:
             )
         if e.failed > _LISTED:
             console.print(
-                f"  ... {e.failed - _LISTED} more failed, listed in {e.per_image}",
+                f"  ... {e.failed - _LISTED} more failed, listed in {e.run}/{e.per_image}",
                 highlight=False,
                 markup=False,
                 soft_wrap=True,

@@ -84,7 +84,8 @@ class MaskTruth:
     The listing is a million names for a million masks, so it is held compactly: the names
     sorted in one list (a name's place found by bisection), a URI only where joining the name
     to the folder does not give it back, and each file's sha256 as 32 bytes of one array.
-    Dicts of URIs and hex digests took about 570 bytes a mask."""
+    Dicts of URIs and hex digests took about 600 bytes a mask; this, about 280 (measured
+    on 99,800 masks)."""
 
     def __init__(self, source: str, storage: Storage) -> None:
         self.source = source
