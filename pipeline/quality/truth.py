@@ -15,12 +15,11 @@ say exactly which labels a figure was computed against; masks are read as images
 
 from __future__ import annotations
 
-import bisect
 import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import cv2
@@ -33,6 +32,7 @@ from deeplab.metrics import IGNORE_INDEX  # truth pixels nobody labeled
 from pipeline.digests import digest, holds, sorted_digests
 from pipeline.errors import PrelabelError
 from pipeline.formats.masks import CLASSES_FOLDER, mask_name
+from pipeline.quality.truth_listing import TruthListing
 from pipeline.storage import Storage, StorageError, storage_for
 
 ClassMap = npt.NDArray[np.uint8]
@@ -53,7 +53,7 @@ class Truth(Protocol):
     def read(
         self, key: str, class_names: Sequence[str], background: int
     ) -> ClassMap: ...  # in class_names' ids, IGNORE_INDEX kept
-    def unmatched(self, keys: Iterable[str]) -> list[str]: ...  # truth entries none of keys use
+    def unmatched(self, keys: Iterable[str]) -> Iterable[str]: ...  # labels none of keys use
 
 
 def open_truth(source: str) -> Truth:
@@ -81,101 +81,88 @@ class MaskTruth:
     """A masks folder, read a mask at a time as images are scored: a million masks would not
     fit in memory. Each file is hashed as it is read; ``sha256`` reads those no image used.
 
-    The listing is a million names for a million masks, so it is held compactly: the names
-    sorted in one list (a name's place found by bisection), a URI only where joining the name
-    to the folder does not give it back, and each file's sha256 as 32 bytes of one array.
-    Dicts of URIs and hex digests took about 600 bytes a mask; this, about 280 (measured
-    on 99,800 masks)."""
+    The listing is a million names for a million masks, so it is kept on disk
+    (``TruthListing``): which file each label names, each file's sha256 once read, and a URI
+    only where the folder's prefix and the name do not give it back (a local name that is not
+    UTF-8, listed by its printable form; an S3 key with an empty segment)."""
 
     def __init__(self, source: str, storage: Storage) -> None:
         self.source = source
         self.storage = storage
-        self.odd_uris: dict[str, str] = {}  # name -> URI, where the name does not join to it
-        files: list[str] = []
-        try:
+        self.prefix = storage.join(source, "_")[:-1]  # the folder, as its files' URIs begin
+        self.listing = TruthListing()
+        masks = nested = 0
+        folder = f"{CLASSES_FOLDER}/"
+
+        def listed() -> Iterator[tuple[str, str | None]]:
+            nonlocal masks, nested
             for info in storage.list(source):
-                if info.key.lower().endswith(".png") or info.key in _SIDE_FILES:
-                    files.append(info.key)
-                    if info.uri != self._joined(info.key):
-                        self.odd_uris[info.key] = info.uri
+                name = info.key
+                if name.lower().endswith(".png"):
+                    masks += 1
+                    nested += name.startswith(folder)
+                elif name not in _SIDE_FILES:
+                    continue
+                yield name, None if info.uri == self.prefix + name else info.uri
+
+        try:
+            self.listing.add_files(listed())
         except StorageError as exc:
             raise TruthError(f"{source}: cannot read the truth masks ({exc})") from exc
-        files.sort()
-        self.files = files
-        self.hashes = bytearray(32 * len(files))  # sha256 of files[i] at 32 * i, once read
-        self.hashed = bytearray(len(files))
         self.colours: dict[tuple[int, int, int], int] = {}
         self.names: tuple[str, ...] | None = None
-        if self._at("labelmap.txt") is not None:
+        if self.listing.has("labelmap.txt"):
             self.names, self.colours = _labelmap(self._read("labelmap.txt"), source)
-        masks = [name for name in files if name.lower().endswith(".png")]
         if not masks:
             raise TruthError(f"{source}: no PNG masks found")
-        listed = self._at("index.csv") is not None
-        self.entries = _index(self._read("index.csv"), source) if listed else None
-        folder = f"{CLASSES_FOLDER}/"
-        nested = any(name.startswith(folder) for name in masks)
-        self.stems = {
-            name.removeprefix(folder)[: -len(".png")]: name
-            for name in masks
-            if not nested or name.startswith(folder)
-        }
+        # Labels are image keys where index.csv pairs them, else the masks' own stems.
+        self.by_stem = not self.listing.has("index.csv")
+        if self.by_stem:
+            self.listing.add_labels(
+                (name.removeprefix(folder)[: -len(".png")], name)
+                for name in self.listing.names()
+                if name.lower().endswith(".png") and (not nested or name.startswith(folder))
+            )
+        else:
+            self.listing.add_labels(_index(self._read("index.csv"), source))
 
     @property
     def sha256(self) -> str:
         """Of every file's name and bytes, in name order: which labels the figures are of."""
-        for i, name in enumerate(self.files):
-            if not self.hashed[i]:
-                self._read(name)
-        digest = hashlib.sha256()
-        for i, name in enumerate(self.files):
-            digest.update(f"{name}\t{self.hashes[32 * i : 32 * i + 32].hex()}\n".encode())
-        return digest.hexdigest()
-
-    def _joined(self, name: str) -> str | None:
-        try:
-            return self.storage.join(self.source, name)
-        except ValueError:  # a key S3 storage would not join (an empty or '..' segment)
-            return None
-
-    def _at(self, name: str) -> int | None:
-        """Where ``name`` is in the sorted listing, or None if it is not there."""
-        i = bisect.bisect_left(self.files, name)
-        return i if i < len(self.files) and self.files[i] == name else None
+        for name in self.listing.unhashed():
+            self._read(name)
+        whole = hashlib.sha256()
+        for name, sha in self.listing.hashes():
+            whole.update(f"{name}\t{(sha or b'').hex()}\n".encode())
+        return whole.hexdigest()
 
     def _read(self, name: str) -> bytes:
-        i = self._at(name)
-        if i is None:
+        uri = self.listing.uri(name, self.prefix)
+        if uri is None:
             raise TruthError(f"{self.source}: {name} is not among its files")
         try:
-            # A name that did not join back to its URI when listed has the URI kept.
-            data = self.storage.read(
-                self.odd_uris.get(name) or self.storage.join(self.source, name)
-            )
+            data = self.storage.read(uri)
         except StorageError as exc:
             raise TruthError(f"{self.source}: cannot read the truth masks ({exc})") from exc
-        self.hashes[32 * i : 32 * i + 32] = hashlib.sha256(data).digest()
-        self.hashed[i] = 1
+        self.listing.set_sha256(name, hashlib.sha256(data).digest())
         return data
 
     def _mask_of(self, key: str) -> str | None:
-        if self.entries is not None:
-            return self.entries.get(key)
-        return self.stems.get(mask_name(key))
+        return self.listing.mask_of(mask_name(key) if self.by_stem else key)
 
     def has(self, key: str) -> bool:
         return self._mask_of(key) is not None
 
-    def unmatched(self, keys: Iterable[str]) -> list[str]:
-        if self.entries is not None:
-            return _unused(list(self.entries), keys)
-        return _unused(list(self.stems), (mask_name(key) for key in keys), self.stems)
+    def unmatched(self, keys: Iterable[str]) -> Iterator[str]:
+        if self.by_stem:
+            return self.listing.unused((mask_name(key) for key in keys), by_name=True)
+        return self.listing.unused(keys, by_name=False)
 
     def read(self, key: str, class_names: Sequence[str], background: int) -> ClassMap:
         name = self._mask_of(key)
         if name is None:
             raise TruthError(f"{key}: no truth mask")
-        if self._at(name) is None or not name.lower().endswith(".png"):
+        if not name.lower().endswith(".png") or not self.listing.has(name):
             raise TruthError(f"{key}: mask {name} named in index.csv is not in {self.source}")
         data = self._read(name)
         try:
@@ -210,17 +197,13 @@ class MaskTruth:
         return indices
 
 
-def _unused(
-    labels: Sequence[str], used: Iterable[str], names: Mapping[str, str] | None = None
-) -> list[str]:
-    """The ``labels`` that none of ``used`` is, by their ``names`` (default: themselves), in
-    name order. The used names, a million for a run of a million images, are held as 8-byte
-    digests (``pipeline.digests``): a label whose digest meets a used one's would be taken as
-    used, at odds under 10^-7 for a million names."""
+def _unused(labels: Sequence[str], used: Iterable[str]) -> list[str]:
+    """The ``labels`` that none of ``used`` is, in name order. The used names, a million for
+    a run of a million images, are held as 8-byte digests (``pipeline.digests``): a label whose
+    digest meets a used one's would be taken as used, at odds under 10^-7 for a million."""
     seen = sorted_digests(used)
     found = holds(seen, np.fromiter((digest(label) for label in labels), np.int64, len(labels)))
-    unused = (label for label, hit in zip(labels, found.tolist(), strict=True) if not hit)
-    return sorted(unused if names is None else (names[label] for label in unused))
+    return sorted(label for label, hit in zip(labels, found.tolist(), strict=True) if not hit)
 
 
 def _labelmap(data: bytes, source: str) -> tuple[tuple[str, ...], dict[tuple[int, int, int], int]]:
@@ -242,12 +225,11 @@ def _labelmap(data: bytes, source: str) -> tuple[tuple[str, ...], dict[tuple[int
     return tuple(names), colours
 
 
-def _index(data: bytes, source: str) -> dict[str, str]:
-    """``index.csv``'s key -> mask path, refusing paths that leave the folder."""
+def _index(data: bytes, source: str) -> Iterator[tuple[str, str]]:
+    """``index.csv``'s (key, mask path) rows, refusing paths that leave the folder."""
     rows = csv.DictReader(io.StringIO(data.decode("utf-8", errors="replace")))
     if not rows.fieldnames or not {"key", "mask"} <= set(rows.fieldnames):
         raise TruthError(f"{source}: index.csv needs 'key' and 'mask' columns")
-    out = {}
     for line, row in enumerate(rows, start=2):
         if not row["key"] or not row["mask"]:
             raise TruthError(f"{source}: index.csv line {line} lacks a key or a mask")
@@ -255,8 +237,7 @@ def _index(data: bytes, source: str) -> dict[str, str]:
         parts = mask.split("/")
         if mask.startswith("/") or ":" in parts[0] or any(p in ("", ".", "..") for p in parts):
             raise TruthError(f"{source}: index.csv mask path {mask!r} leaves the folder")
-        out[row["key"]] = mask
-    return out
+        yield row["key"], mask
 
 
 def _remap(

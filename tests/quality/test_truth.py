@@ -14,6 +14,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from deeplab.metrics import IGNORE_INDEX
+from pipeline.quality import truth_listing
 from pipeline.quality.truth import TruthError, check_names, open_truth
 from tests.helpers import record_reads
 
@@ -39,8 +40,8 @@ def test_mask_indices_are_mapped_to_the_model_by_labelmap_name(tmp_path: Path) -
     assert truth.has("sub/a.jpg") and not truth.has("a.jpg")
     read = truth.read("sub/a.jpg", MODEL, 0)
     assert read.tolist() == [[0, 3, 1], [IGNORE_INDEX, 1, 3]]
-    assert truth.unmatched(["sub/a.jpg"]) == []
-    assert truth.unmatched(["other.jpg"]) == ["SegmentationClass/sub/a.png"]
+    assert list(truth.unmatched(["sub/a.jpg"])) == []
+    assert list(truth.unmatched(["other.jpg"])) == ["SegmentationClass/sub/a.png"]
 
 
 def test_rgb_masks_are_read_by_labelmap_colour(tmp_path: Path) -> None:
@@ -99,7 +100,7 @@ def test_coco_annotations_paint_in_file_order_as_pycocotools_draws_them(tmp_path
     expected[mask_utils.decode(mask_utils.frPyObjects(square, height, width))[..., 0] > 0] = 1
     expected[mask_utils.decode(bar) > 0] = 3
     assert np.array_equal(truth.read("a.jpg", MODEL, 0), expected)
-    assert truth.unmatched(["b.jpg"]) == ["a.jpg"]
+    assert list(truth.unmatched(["b.jpg"])) == ["a.jpg"]
     coco["annotations"][1]["category_id"] = 99
     path.write_text(json.dumps(coco))
     with pytest.raises(TruthError, match="annotation 2 has an unknown category"):
@@ -138,7 +139,8 @@ def test_a_mask_whose_name_is_not_utf8_is_read_by_its_exact_name(tmp_path: Path)
     odd = Path(os.fsdecode(os.fsencode(folder) + b"/caf\xe9.png"))
     _palette_mask(odd, np.eye(3) * 2)
     truth = open_truth(str(tmp_path))
-    assert list(truth.odd_uris) == ["SegmentationClass/caf\\xe9.png"]  # type: ignore[attr-defined]
+    kept = truth.listing.odd_uris()  # type: ignore[attr-defined]
+    assert kept == {"SegmentationClass/caf\\xe9.png": str(odd)}
     expected = hashlib.sha256()
     for name, data in sorted(
         [
@@ -148,3 +150,48 @@ def test_a_mask_whose_name_is_not_utf8_is_read_by_its_exact_name(tmp_path: Path)
     ):
         expected.update(f"{name}\t{hashlib.sha256(data).hexdigest()}\n".encode())
     assert truth.sha256 == expected.hexdigest()
+
+
+def _digest_of_folder(folder: Path) -> str:
+    expected = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        name = path.relative_to(folder).as_posix()
+        expected.update(f"{name}\t{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+    return expected.hexdigest()
+
+
+def test_the_listing_on_disk_answers_as_dicts_of_the_names_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listing lives in SQLite; masks found, labels unused and the digest must be what
+    plain Python gives: names that sort by code point unlike by UTF-16 or case, a stem listed
+    as both .PNG and .png (the later name wins, as a dict built in name order), and more files
+    than one batch of the listing's passes."""
+    monkeypatch.setattr(truth_listing, "_BATCH", 3)
+    stems = ["a", "B", "caf\u00e9/x", "\uff5e", "z\U0001f600", "\u65e5\u672c/1", "a b", "Z"]
+    stems += [f"s/{i:02d}" for i in range(12)]
+    folder = tmp_path / "SegmentationClass"
+    for i, stem in enumerate(stems):
+        _palette_mask(folder / f"{stem}.png", np.full((2, 2), i % 4))
+    _palette_mask(folder / "a.PNG", np.full((2, 2), 3))  # listed before a.png
+    truth = open_truth(str(tmp_path))
+    assert truth.read("a.jpg", MODEL, 0).tolist() == [[0, 0]] * 2  # a.png's, not a.PNG's
+    by_stem = {p.relative_to(folder).as_posix()[:-4]: p for p in sorted(folder.rglob("*.*"))}
+    used = [f"{stem}.jpg" for stem in stems[::3]] + ["nowhere.jpg"]
+    expected = sorted(
+        f"SegmentationClass/{p.relative_to(folder).as_posix()}"
+        for stem, p in by_stem.items()
+        if f"{stem}.jpg" not in used
+    )
+    assert list(truth.unmatched(used)) == expected
+    assert truth.sha256 == _digest_of_folder(tmp_path)
+    # index.csv pairs keys with masks instead: a key given twice keeps its last mask.
+    (tmp_path / "index.csv").write_text(
+        "key,mask\nk1,SegmentationClass/B.png\nk2,SegmentationClass/Z.png\n"
+        "k1,SegmentationClass/s/03.png\n"
+    )
+    truth = open_truth(str(tmp_path))
+    assert truth.read("k1", MODEL, 0).tolist() == [[3, 3]] * 2  # s/03 is stem 11
+    assert not truth.has("a.jpg")
+    assert list(truth.unmatched(["k2", "k3"])) == ["k1"]
+    assert truth.sha256 == _digest_of_folder(tmp_path)
