@@ -812,7 +812,9 @@ def run_step(spec: dict[str, Any]) -> dict[str, Any]:
     figures["cpu"] = time.process_time() - cpu  # every thread's: steadier on a shared machine
     figures["peak_kib"] = _own_peak_kib()
     written, dropped = figures.pop("written", []), figures.pop("dropped", [0])
-    if written and not is_uri(written[0]):
+    if step == "masks" and not is_uri(out):  # a file per image; the export names its indexes
+        figures["MiB"] = _folder_bytes(Path(out, "exports", "masks")) / MIB
+    elif written and not is_uri(written[0]):
         kept = [Path(uri) for uri in written if Path(uri).exists()]
         figures["MiB"] = (dropped[0] + sum(path.stat().st_size for path in kept)) / MIB
     return figures
