@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import cv2
@@ -42,6 +43,17 @@ class TruthError(PrelabelError):
     """Truth that cannot be read or does not fit the model's classes; one line why."""
 
 
+class Label(Protocol):
+    """One image's truth as read: picklable, so that another process can decode it."""
+
+    @property
+    def key(self) -> str: ...
+
+    def decode(
+        self, class_names: Sequence[str], background: int
+    ) -> ClassMap: ...  # in class_names' ids, IGNORE_INDEX kept
+
+
 class Truth(Protocol):
     source: str
     names: tuple[str, ...] | None  # what the truth's classes are called; None: bare class ids
@@ -50,6 +62,7 @@ class Truth(Protocol):
     def sha256(self) -> str: ...  # of every label the truth holds
 
     def has(self, key: str) -> bool: ...
+    def fetch(self, key: str) -> Label: ...  # read and hashed here, decoded anywhere
     def read(
         self, key: str, class_names: Sequence[str], background: int
     ) -> ClassMap: ...  # in class_names' ids, IGNORE_INDEX kept
@@ -159,23 +172,42 @@ class MaskTruth:
         return self.listing.unused(keys, by_name=False)
 
     def read(self, key: str, class_names: Sequence[str], background: int) -> ClassMap:
+        return self.fetch(key).decode(class_names, background)
+
+    def fetch(self, key: str) -> MaskLabel:
         name = self._mask_of(key)
         if name is None:
             raise TruthError(f"{key}: no truth mask")
         if not name.lower().endswith(".png") or not self.listing.has(name):
             raise TruthError(f"{key}: mask {name} named in index.csv is not in {self.source}")
-        data = self._read(name)
+        return MaskLabel(key, name, self._read(name), self.source, self.names, self.colours)
+
+
+@dataclass(frozen=True)
+class MaskLabel:
+    """One mask's bytes, as read and hashed, and what decoding them needs: small enough to
+    hand to another process, which does the decoding."""
+
+    key: str
+    name: str
+    data: bytes
+    source: str
+    names: tuple[str, ...] | None
+    colours: dict[tuple[int, int, int], int]
+
+    def decode(self, class_names: Sequence[str], background: int) -> ClassMap:
         try:
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(self.data)) as image:
                 image.load()
-                values = self._indices(image, name)
+                values = self._indices(image)
         except TruthError:
             raise
         except Exception as exc:  # a broken PNG can make Pillow raise anything
-            raise TruthError(f"{key}: mask {name} is not a readable PNG ({exc})") from exc
-        return _remap(values, self.names, class_names, f"{key}: mask {name}")
+            raise TruthError(f"{self.key}: mask {self.name} is not a readable PNG ({exc})") from exc
+        return _remap(values, self.names, class_names, f"{self.key}: mask {self.name}")
 
-    def _indices(self, image: Image.Image, name: str) -> ClassMap:
+    def _indices(self, image: Image.Image) -> ClassMap:
+        name = self.name
         if image.mode in ("P", "L"):
             return np.asarray(image, dtype=np.uint8)
         if image.mode == "1":
@@ -295,18 +327,36 @@ class CocoTruth:
         return _unused(list(self.images), keys)
 
     def read(self, key: str, class_names: Sequence[str], background: int) -> ClassMap:
-        """Annotations painted in file order over the background; a later one wins."""
+        return self.fetch(key).decode(class_names, background)
+
+    def fetch(self, key: str) -> CocoLabel:
         image = self.images[key]
-        height, width = int(image["height"]), int(image["width"])
-        out = np.full((height, width), background, np.uint8)
-        for a in self.annotations[key]:
+        return CocoLabel(
+            key, int(image["height"]), int(image["width"]), self.annotations[key], self.categories
+        )
+
+
+@dataclass(frozen=True)
+class CocoLabel:
+    """One image's annotations and the categories that name them."""
+
+    key: str
+    height: int
+    width: int
+    annotations: list[dict[str, Any]]
+    categories: dict[int, str]
+
+    def decode(self, class_names: Sequence[str], background: int) -> ClassMap:
+        """Annotations painted in file order over the background; a later one wins."""
+        out = np.full((self.height, self.width), background, np.uint8)
+        for a in self.annotations:
             name = self.categories.get(a.get("category_id", -1))
             if name is None or name not in class_names:
-                raise TruthError(f"{key}: annotation {a.get('id')} has an unknown category")
+                raise TruthError(f"{self.key}: annotation {a.get('id')} has an unknown category")
             try:
-                mask = _decode_segmentation(a["segmentation"], height, width)
+                mask = _decode_segmentation(a["segmentation"], self.height, self.width)
             except (ValueError, KeyError, TypeError) as exc:
-                raise TruthError(f"{key}: annotation {a.get('id')}: bad segmentation") from exc
+                raise TruthError(f"{self.key}: annotation {a.get('id')}: bad segmentation") from exc
             out[mask] = class_names.index(name)
         return out
 

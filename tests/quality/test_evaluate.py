@@ -291,6 +291,33 @@ def test_failed_missing_and_misfit_images_are_listed(tmp_path: Path) -> None:
         )
 
 
+def test_scoring_in_worker_processes_gives_what_scoring_here_gives(tmp_path: Path) -> None:
+    """Scores come back from the workers out of step with the failures and images without
+    truth found here; the outcomes must still be every image in key order, and every figure
+    the same as scoring in this process."""
+    rng = np.random.default_rng(9)
+    preds = {f"{i:02d}.jpg": blocky(rng, 24 + 4 * (i % 3), 32) for i in range(30)}
+    view = write_run(tmp_path / "run", preds, failed={"05b.jpg": "not a readable image"})
+    truths = {key: reviewed(rng, pred) for key, pred in preds.items() if key[1] not in "37"}
+    truths["11.jpg"] = np.zeros((3, 3), np.uint8)  # not the image's size, found by a worker
+    truth = open_truth(str(write_masks(tmp_path / "t", truths)))
+    figures, rows = [], []
+    for workers in (0, 2):
+        with (tmp_path / f"outcomes-{workers}.parquet").open("w+b") as file:
+            evaluation = evaluate_run(view, truth, outcomes=file, workers=workers)
+            file.seek(0)
+            rows.append(pq.read_table(file).to_pylist())
+        figures.append(evaluation.model_dump(exclude={"evaluated_at"}))
+    assert figures[0] == figures[1]
+    assert rows[0] == rows[1]
+    assert [row["key"] for row in rows[0]] == sorted([*preds, "05b.jpg"])
+    assert {row["outcome"] for row in rows[0]} == {"scored", "failed", "missing"}
+    assert figures[0]["failed_shown"][:2] == [
+        {"key": "05b.jpg", "reason": "the run failed: not a readable image"},
+        {"key": "11.jpg", "reason": "truth is 3x3, the image 32x32"},
+    ]
+
+
 @pytest.mark.parametrize("index", [True, False])
 def test_long_lists_are_counted_and_listed_in_the_outcomes_file(
     tmp_path: Path, index: bool
