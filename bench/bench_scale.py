@@ -12,8 +12,8 @@ from the keys and region ids from the lineage. A rerun's plan therefore takes th
 own. Then each step runs alone in a fresh Python process, through the public entry points the
 CLI uses (``open_run``, ``plan_run`` under ``run_lease``, ``export`` one format at a time,
 ``write_report``, ``evaluate_runs`` over ``open_truth``), and reports its work time (after its
-imports), its CPU time (all threads: steadier than wall time on a shared machine) and its peak
-RSS (the process's own ``VmHWM``). The table gives, per step and N, those, ms per image, and the
+imports), its CPU time (all threads and worker processes: steadier than wall time on a shared
+machine) and its peak RSS (the process's own ``VmHWM``, plus its worker processes'). The table gives, per step and N, those, ms per image, and the
 growth per 10x images against the previous N (10 is linear in time, 1 is flat in memory); then
 the targets: at the largest N (meant for 10^6 against 10^4) every export's peak under 1 GiB and
 within 1.2x of its peak at the smallest N, its time per image within 1.5x, and the plan under
@@ -809,8 +809,10 @@ def run_step(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         raise SystemExit(f"unknown step {step!r}")
     figures["seconds"] = time.perf_counter() - start
-    figures["cpu"] = time.process_time() - cpu  # every thread's: steadier on a shared machine
-    figures["peak_kib"] = _own_peak_kib()
+    helpers_cpu, helpers_kib = _helpers()
+    # Every thread's and every worker process's: steadier than wall time on a shared machine.
+    figures["cpu"] = time.process_time() - cpu + helpers_cpu
+    figures["peak_kib"] = _own_peak_kib() + helpers_kib
     written, dropped = figures.pop("written", []), figures.pop("dropped", [0])
     if step == "masks" and not is_uri(out):  # a file per image; the export names its indexes
         figures["MiB"] = _folder_bytes(Path(out, "exports", "masks")) / MIB
@@ -868,6 +870,26 @@ def _warmup() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "peak_kib": _own_peak_kib(),
     }
+
+
+def _helpers() -> tuple[float, int]:
+    """(CPU seconds, summed VmHWM in KiB) of the worker processes this step started (evaluate
+    scores in a pool): a step's cost is theirs too. Summed peaks overstate a little (shared
+    pages, peaks at different times), never understate."""
+    me, cpu, kib = str(os.getpid()), 0.0, 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if stat[1] != me:
+                continue
+            cpu += (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+            status = (entry / "status").read_text().splitlines()
+        except OSError:  # gone meanwhile
+            continue
+        kib += next((int(line.split()[1]) for line in status if line.startswith("VmHWM:")), 0)
+    return cpu, kib
 
 
 def _own_peak_kib() -> int:
