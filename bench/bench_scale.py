@@ -13,11 +13,11 @@ own. Then each step runs alone in a fresh Python process, through the public ent
 CLI uses (``open_run``, ``plan_run`` under ``run_lease``, ``export`` one format at a time,
 ``write_report``, ``evaluate_runs`` over ``open_truth``), and reports its work time (after its
 imports), its CPU time (all threads and worker processes: steadier than wall time on a shared
-machine) and its peak RSS (the process's own ``VmHWM``, plus its worker processes'). The table gives, per step and N, those, ms per image, and the
-growth per 10x images against the previous N (10 is linear in time, 1 is flat in memory); then
-the targets: at the largest N (meant for 10^6 against 10^4) every export's peak under 1 GiB and
-within 1.2x of its peak at the smallest N, its time per image within 1.5x, and the plan under
-60 s and 1 GiB.
+machine) and its peak RSS (the process's own ``VmHWM``, plus its worker processes'). The table
+gives, per step and N, those, ms per image, and the growth per 10x images against the previous
+N (10 is linear in time, 1 is flat in memory); then the targets: at the largest N (meant for
+10^6 against 10^4) every export's peak under 1 GiB and within 1.2x of its peak at the smallest
+N, its time per image within 1.5x, and the plan under 60 s and 1 GiB.
 
 How realistic the data is:
 
