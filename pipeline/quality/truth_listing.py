@@ -27,7 +27,8 @@ class TruthListing:
     """Names of the truth's files, with what is learnt about each as the evaluation goes."""
 
     def __init__(self) -> None:
-        # "" is a private on-disk database that SQLite removes when the connection closes.
+        # "" is a private on-disk database that SQLite removes when the connection closes;
+        # a flow may open the truth on one thread and score on another.
         self.db = sqlite3.connect("", isolation_level=None, check_same_thread=False)
         self.db.executescript(
             f"""
@@ -40,11 +41,8 @@ class TruthListing:
             """
         )
 
-    def close(self) -> None:
-        self.db.close()
-
     def add_files(self, files: Iterable[tuple[str, str | None]]) -> None:
-        """(name, URI where reading by the name joined to the folder would miss it)."""
+        """(name, its URI where the folder's prefix and the name do not spell it, else None)."""
         with self._transaction():
             self.db.executemany(
                 "INSERT OR REPLACE INTO files (name, uri) VALUES (?, ?)",
