@@ -170,7 +170,8 @@ def evaluate_run(
 
     This process reads each truth label (and hashes it) and the run's regions; ``workers``
     processes (default: one per core; 0: a thread here) decode the labels and score them,
-    about 15 ms of CPU for a 0.9 MP image, so the cores share that work."""
+    about 17 ms of CPU for an image of 0.8 MP, so the cores share that work (10^4 images on
+    2 cores: 142 s with a thread, 90 s with 2 workers)."""
     if tolerance < 0:
         raise EvaluationError(f"boundary tolerance must be >= 0 pixels, not {tolerance}")
     version = view.model.model_version
