@@ -885,18 +885,25 @@ def _helpers() -> tuple[float, int]:
             if stat[1] != me:
                 continue
             cpu += (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-            status = (entry / "status").read_text().splitlines()
+            kib += _peak_kib(entry / "status") or 0
         except OSError:  # gone meanwhile
             continue
-        kib += next((int(line.split()[1]) for line in status if line.startswith("VmHWM:")), 0)
     return cpu, kib
+
+
+def _peak_kib(status: Path) -> int | None:
+    """A process's VmHWM from its ``/proc/<pid>/status``."""
+    for line in status.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return None
 
 
 def _own_peak_kib() -> int:
     """VmHWM: this process's own peak, not the parent's pages a spawned child starts with."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
+    peak = _peak_kib(Path("/proc/self/status"))
+    if peak is not None:
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

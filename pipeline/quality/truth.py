@@ -153,6 +153,10 @@ class MaskTruth:
         uri = self.listing.uri(name, self.prefix)
         if uri is None:
             raise TruthError(f"{self.source}: {name} is not among its files")
+        return self._load(name, uri)
+
+    def _load(self, name: str, uri: str) -> bytes:
+        """A listed file's bytes, hashed as they are read."""
         try:
             data = self.storage.read(uri)
         except StorageError as exc:
@@ -178,9 +182,10 @@ class MaskTruth:
         name = self._mask_of(key)
         if name is None:
             raise TruthError(f"{key}: no truth mask")
-        if not name.lower().endswith(".png") or not self.listing.has(name):
+        uri = self.listing.uri(name, self.prefix) if name.lower().endswith(".png") else None
+        if uri is None:
             raise TruthError(f"{key}: mask {name} named in index.csv is not in {self.source}")
-        return MaskLabel(key, name, self._read(name), self.source, self.names, self.colours)
+        return MaskLabel(key, name, self._load(name, uri), self.source, self.names, self.colours)
 
 
 @dataclass(frozen=True)

@@ -123,11 +123,7 @@ def test_masks_are_read_as_scored_and_the_digest_covers_every_file(
     assert [Path(uri).name for uri in reads] == ["labelmap.txt"]
     truth.read("a.jpg", MODEL, 0)
     assert [Path(uri).name for uri in reads] == ["labelmap.txt", "a.png"]
-    expected = hashlib.sha256()
-    for path in sorted(p for p in tmp_path.rglob("*") if p.is_file()):
-        name = path.relative_to(tmp_path).as_posix()
-        expected.update(f"{name}\t{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
-    assert truth.sha256 == expected.hexdigest()
+    assert truth.sha256 == _digest_of_folder(tmp_path)
     assert sorted(Path(uri).name for uri in reads) == ["a.png", "b.png", "c.png", "labelmap.txt"]
 
 
