@@ -16,6 +16,7 @@ import logging
 import re
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -274,7 +275,13 @@ def _save_whole(ov: Any, converted: Any, path: Path) -> None:
 
 
 def openvino_module() -> Any:
-    """The openvino package, or EngineError saying why it does not load."""
+    """The openvino package, or EngineError saying why it does not load.
+
+    Its usage telemetry stays off: left on, every import counts a use in a file under the
+    user's home and sends it to an analytics service from a forked copy of this process, torch's
+    threads and all, where prelabel promises to run offline. OpenVINO's tools run without it
+    (they use their own stub) when ``openvino_telemetry`` does not import."""
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
     try:
         import openvino
     except ImportError as exc:  # installed but its libraries do not load on this machine

@@ -129,6 +129,37 @@ def test_a_converted_model_is_kept_and_not_converted_again(
     assert tiled.class_map.shape == (288, 384)
 
 
+_CONVERT_THE_DEMO = """
+import sys
+from pathlib import Path
+import deeplab
+from deeplab.demo import DEMO_CHECKPOINT
+from deeplab.scenes import scenes
+model, meta = deeplab.load(DEMO_CHECKPOINT)
+cache = Path(sys.argv[1])
+predictor = deeplab.Predictor(model, meta, device="cpu", engine="openvino", cache_dir=cache)
+predictor.predict([next(scenes(1, 1, height=64, width=96)).image])
+"""
+
+
+def test_openvino_sends_no_telemetry_and_leaves_nothing_in_home(tmp_path: Path) -> None:
+    """Left alone, OpenVINO counts every import in ``$HOME/intel`` and posts it to an analytics
+    service from a forked process; a run that converts and predicts must do neither."""
+    home = tmp_path / "home"
+    home.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", _CONVERT_THE_DEMO, str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HOME": str(home), "PYTHONPATH": os.pathsep.join(sys.path)},
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "cache" / "openvino").is_dir()  # it did convert
+    assert list(home.iterdir()) == []
+
+
 def test_auto_times_both_engines_once_and_remembers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
