@@ -10,12 +10,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pyarrow as pa
 import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from pipeline.formats import ExportOptions, export
+from pipeline.formats.coco import coco_ids
 from pipeline.geometry.policy import RegionPolicy
 from tests.runs import write_run
 
@@ -119,3 +121,25 @@ def test_ids_are_stable_and_failed_images_left_out(tmp_path: Path) -> None:
     assert len(ids) == len(first["annotations"])
     assert all(i["file_name"] != "bad.jpg" for i in first["images"])
     assert [c["name"] for c in first["categories"]] == ["disc", "box", "triangle", "ring"]
+
+
+def test_ids_are_the_first_13_hex_digits_however_the_column_is_held() -> None:
+    rng = np.random.default_rng(0)
+    ids = [f"{v:016x}" for v in rng.integers(0, 2**63, 40, dtype=np.int64)]
+    ids[7] = ids[7].upper()
+    expected = [int(h[:13], 16) for h in ids]
+    column = pa.chunked_array([ids[:15], ids[15:]]).slice(3)
+    assert coco_ids(column) == expected[3:]
+    assert coco_ids(pa.chunked_array([[*ids[:5], "abc"]])) == [*expected[:5], 0xABC]
+    assert coco_ids(pa.chunked_array([], pa.string())) == []
+
+
+def test_traced_polygons_are_written_as_whole_numbers(coco_path: Path) -> None:
+    text = coco_path.read_text()
+    polygons = [
+        ring
+        for a in json.loads(text)["annotations"]
+        if isinstance(a["segmentation"], list)
+        for ring in a["segmentation"]
+    ]
+    assert polygons and all(isinstance(v, int) for ring in polygons for v in ring)
