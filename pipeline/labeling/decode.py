@@ -70,7 +70,7 @@ def decode_image(uri: str, data: bytes, *, max_side: int, max_pixels: int) -> De
             )
         image.load()
         mode = image.mode
-        # exif_transpose copies the pixels even when it turns nothing: a third of a decode
+        # exif_transpose copies the pixels even when it turns nothing: a quarter of a decode
         rgb = _to_rgb(ImageOps.exif_transpose(image) if orientation in _TURNS else image)
     except DecodeError:
         raise
