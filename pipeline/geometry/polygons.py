@@ -26,6 +26,8 @@ from pipeline.run.records import Polygon, Ring
 __all__ = [
     "Crossings",
     "EdgeRings",
+    "drawn_crossings",
+    "drawn_exactly",
     "edge_rings",
     "polygon_iou",
     "polygon_ious",
@@ -61,8 +63,9 @@ for (_dx, _dy), _arrive, _leave in [
 
 @dataclass(frozen=True, slots=True)
 class Crossings:
-    """Where rings cross pixel columns: the horizontal unit edges of every ring. The edge at
-    ``row`` of ``column`` lies between pixels (column, row - 1) and (column, row)."""
+    """Where rings cross pixel columns: the horizontal unit edges of every ring, ring after
+    ring, each ring's in travel order. The edge at ``row`` of ``column`` lies between pixels
+    (column, row - 1) and (column, row)."""
 
     ring: npt.NDArray[np.intp]
     column: npt.NDArray[np.int64]
@@ -149,6 +152,129 @@ def _cyclic(
 
 def _direction(step: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     return 3 * (step[:, 0] + 1) + step[:, 1] + 1
+
+
+def drawn_exactly(
+    points: npt.NDArray[np.int32],
+    lengths: npt.NDArray[np.intp],
+    traced: npt.NDArray[np.intp],
+    crossings: Crossings,
+    shape: tuple[int, int],
+) -> npt.NDArray[np.bool_]:
+    """Which of the simplified rings pycocotools is proven to draw as the traced rings they
+    simplify, without drawing any: ``points`` holds ring after ring, ``lengths`` corners each,
+    ``traced`` the index in ``crossings`` of the ring each one simplifies.
+
+    pycocotools fills a polygon by the parity of the points where its edges cross pixel
+    columns, so two rings with the same crossings fill the same pixels. Each simplified edge's
+    crossings are computed as ``rleFrPoly`` finds them, in travel order, and the ring is
+    proven when they are the traced ring's, from the same start. A ring not proven (its
+    crossings differ, or agree only in another order) is left to be drawn."""
+    height = shape[0]
+    count = len(lengths)
+    ring_of_edge, drawn, unsure = drawn_crossings(points, lengths, height)
+    drawn_count = np.bincount(ring_of_edge, minlength=count)
+    first = np.searchsorted(crossings.ring, traced)
+    traced_count = np.searchsorted(crossings.ring, traced, side="right") - first
+    rings = np.flatnonzero(
+        (drawn_count == traced_count)
+        & (traced_count > 0)
+        & (np.bincount(ring_of_edge, weights=unsure, minlength=count) == 0)
+    )
+    # The rings whose counts agree, side by side: the traced crossings, and the drawn ones
+    # turned to start where the traced ring does. Its crossings are distinct: drawn ones
+    # that hold its first twice cannot match, whichever is taken.
+    n = traced_count[rings]
+    heads = np.cumsum(n) - n
+    within = np.arange(int(n.sum())) - np.repeat(heads, n)
+    owner = np.repeat(np.arange(len(rings)), n)
+    at = first[rings][owner] + within
+    exact = crossings.column[at] * height + crossings.row[at]
+    drawn = drawn[(np.cumsum(drawn_count) - drawn_count)[rings][owner] + within]
+    starts = np.flatnonzero(drawn == exact[heads][owner])
+    shift = np.full(len(rings), -1, np.intp)
+    shift[owner[starts]] = within[starts]
+    turned = drawn[heads[owner] + (within + shift[owner]) % n[owner]]
+    differ = np.bincount(owner, weights=turned != exact, minlength=len(rings))
+    out = np.zeros(count, np.bool_)
+    out[rings] = (shift >= 0) & (differ == 0)
+    return out
+
+
+def drawn_crossings(
+    points: npt.NDArray[np.int32], lengths: npt.NDArray[np.intp], height: int
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Where pycocotools' ``rleFrPoly`` finds closed rings, corners in whole pixels, crossing
+    pixel columns: ``(ring, position, unsure)`` per crossing, ring after ring, each ring's in
+    travel order, the position being column * height + row, the row the first pixel inside
+    below it. ``unsure``: a crossing whose row could not be pinned down (never seen)."""
+    point_heads = np.cumsum(lengths) - lengths
+    following = _cyclic(len(points), point_heads, point_heads + lengths, 1)
+    x0, y0 = points[:, 0].astype(np.int64), points[:, 1].astype(np.int64)
+    x1, y1 = x0[following], y0[following]
+    columns = np.abs(x1 - x0)  # each edge crosses one column per unit it runs east or west
+    edge = np.repeat(np.arange(len(points)), columns)
+    k = np.arange(len(edge)) - np.repeat(np.cumsum(columns) - columns, columns)
+    column = np.where(x1[edge] > x0[edge], x0[edge] + k, x0[edge] - 1 - k)
+    row = y0[edge]
+    unsure = np.zeros(len(edge), np.bool_)
+    slanted = np.flatnonzero(row != y1[edge])
+    if len(slanted):
+        ends = edge[slanted]
+        row[slanted], unsure[slanted] = _slanted_rows(
+            x0[ends], y0[ends], x1[ends], y1[ends], column[slanted], height
+        )
+    ring = np.repeat(np.arange(len(lengths)), lengths)[edge]
+    return ring, column * height + row, unsure
+
+
+def _slanted_rows(
+    x0: npt.NDArray[np.int64],
+    y0: npt.NDArray[np.int64],
+    x1: npt.NDArray[np.int64],
+    y1: npt.NDArray[np.int64],
+    column: npt.NDArray[np.int64],
+    height: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """The row at which pycocotools' ``rleFrPoly`` finds the edge (x0, y0)-(x1, y1), corners
+    in whole pixels, crossing ``column``, with its arithmetic: ends scaled 5x, the edge walked
+    one unit at a time along its longer axis from its lower end, the other axis rounded at
+    each step; a column is crossed between the points at 5 * column + 2 and + 3, and the row
+    is the lower of their two, scaled back and rounded up. Also where the step could not be
+    pinned down (never seen; such a ring is then drawn)."""
+    xa, ya, xb, yb = 5 * x0, 5 * y0, 5 * x1, 5 * y1
+    shallow = np.abs(xb - xa) >= np.abs(yb - ya)
+    flip = np.where(shallow, xa > xb, ya > yb)
+    xs, xe = np.where(flip, xb, xa), np.where(flip, xa, xb)
+    ys, ye = np.where(flip, yb, ya), np.where(flip, ya, yb)
+    low = np.empty(len(xa), np.float64)
+    unsure = np.zeros(len(xa), np.bool_)
+    # Along x: v(t) = (int)(ys + s * t + .5) at u = xs + t; the column's two points.
+    a = np.flatnonzero(shallow)
+    slope = (ye[a] - ys[a]) / (xe[a] - xs[a])
+    t = (5 * column[a] + 2 - xs[a]).astype(np.float64)
+    low[a] = np.minimum(np.trunc(ys[a] + slope * t + 0.5), np.trunc(ys[a] + slope * (t + 1) + 0.5))
+    # Along y: u(t) = (int)(xs + s * t + .5) at v = ys + t, which moves at most one unit a
+    # step; the first t past the column's middle, found from the line and checked on u.
+    b = np.flatnonzero(~shallow)
+    xs, xe, ys, ye, column = xs[b], xe[b], ys[b], ye[b], column[b]
+    slope = (xe - xs) / (ye - ys)
+    east = xe > xs
+    target = np.where(east, 5 * column + 3, 5 * column + 2)
+    middle = (5 * column + 2.5 - xs) / slope
+    t = np.where(east, np.ceil(middle), np.floor(middle) + 1)
+
+    def past(t: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+        u = np.trunc(xs + slope * t + 0.5)
+        reached: npt.NDArray[np.bool_] = np.where(east, u >= target, u <= target)
+        return reached
+
+    t = np.where(past(t), t, t + 1)
+    t = np.where(past(t - 1), t - 1, t)
+    unsure[b] = past(t - 1) | ~past(t)
+    low[b] = ys + t - 1
+    rows = np.clip(np.ceil((low + 0.5) / 5 - 0.5), 0, height).astype(np.int64)
+    return rows, unsure
 
 
 def simplified_all(
@@ -281,7 +407,8 @@ def polygon_ious(
     flat x, y, region after region, ``ring_counts`` of them each; ``fills``: the compressed
     RLE of what each of those rings encloses before simplification. Every ring is rasterized
     in one call; a region whose every ring gives back its own fill draws its mask exactly
-    (IoU 1), which is most regions. The rest are measured one by one, on ``shapes(i)``."""
+    (IoU 1). The rest are measured one by one, on ``shapes(i)``. Regions go through here only
+    when :func:`drawn_exactly` could not prove their rings."""
     height, width = shape
     drawn = (
         [rle["counts"] for rle in mask_utils.frPyObjects(list(rings), height, width)]

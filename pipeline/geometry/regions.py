@@ -5,7 +5,9 @@ region per class, its parts being the kept components.
 
 The work is shared across regions: one border trace per class, then every ring, run and
 sum of the image in a few array operations (:class:`_Masks`). Per region there is only
-what must be: simplifying its rings and, when that dropped corners, measuring the loss.
+what must be: simplifying its rings. Whether the simplified rings still draw the region's
+pixels is proven for all rings at once from where they cross pixel columns; only a region
+not proven so is drawn and measured.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pipeline.geometry.policy import RegionPolicy
 from pipeline.geometry.polygons import (
     Crossings,
     EdgeRings,
+    drawn_exactly,
     edge_rings,
     polygon_ious,
     simplified_all,
@@ -78,11 +81,22 @@ def image_regions(
         )
     ]
     simple = simplified_all(rings, policy.simplify_tolerance)
-    kept = np.fromiter((len(ring) for ring in simple), np.int32, len(simple))
-    lost = np.diff(starts)[layout.rings] - kept
+    kept = np.fromiter((len(ring) for ring in simple), np.intp, len(simple))
+    points = np.concatenate(simple) if simple else np.zeros((0, 2), np.int32)
+    # Rings that lost corners draw their traced ring's pixels or not: most are proven to,
+    # the others' regions are measured.
+    changed = np.diff(starts)[layout.rings] > kept
+    drawn = ~changed
+    drawn[changed] = drawn_exactly(
+        points[np.repeat(changed, kept)],
+        kept[changed],
+        layout.rings[changed],
+        borders.rings.crossings,
+        class_map.shape,
+    )
     region_of_ring = layout.region_of[layout.rings]
     vertices = np.bincount(region_of_ring, weights=kept, minlength=layout.count).astype(int)
-    loose = np.flatnonzero(np.bincount(region_of_ring, weights=lost, minlength=layout.count))
+    loose = np.flatnonzero(np.bincount(region_of_ring, weights=~drawn, minlength=layout.count))
     fidelity = [1.0] * layout.count
     positions, ring_counts = layout.ring_positions(loose)
     chosen = loose.tolist()
@@ -113,11 +127,7 @@ def image_regions(
         fidelity=fidelity,
         vertices=vertex_counts,
         geometry=_within_vertex_budget(geometry, vertex_counts, policy.max_vertices),
-        coordinates=(
-            np.concatenate(simple).astype(np.float32).reshape(-1)
-            if simple
-            else np.zeros(0, np.float32)
-        ),
+        coordinates=points.astype(np.float32).reshape(-1),
         rings=offsets(2 * kept),
         parts=layout.parts,
         polygons=layout.polygons,
