@@ -33,9 +33,13 @@ def image_uncertainty(
     low_confidence: float,
     fragments: int,
 ) -> ImageUncertainty:
-    mean = float(confidence.mean()) / 255
-    low = float(np.count_nonzero(confidence < low_confidence * 255)) / confidence.size
+    # OpenCV's reductions: several times faster than NumPy's on a whole image, and exact
+    # (a mean is a sum over a count, a comparison with a fraction is rounded the right way).
+    mean = cv2.mean(confidence)[0] / 255
+    low = cv2.countNonZero(cv2.compare(confidence, low_confidence * 255, cv2.CMP_LT))
     # Within 2 px (a 5x5 window) of another class: where the window's max and min class differ.
-    band = cv2.dilate(class_map, _BAND) != cv2.erode(class_map, _BAND)
-    boundary = 1 - float(confidence[band].mean()) / 255 if band.any() else 0.0
-    return ImageUncertainty(mean, low, boundary, fragments, review_priority=1 - mean)
+    band = cv2.compare(cv2.dilate(class_map, _BAND), cv2.erode(class_map, _BAND), cv2.CMP_NE)
+    boundary = 1 - cv2.mean(confidence, mask=band)[0] / 255 if cv2.countNonZero(band) else 0.0
+    return ImageUncertainty(
+        mean, low / confidence.size, boundary, fragments, review_priority=1 - mean
+    )

@@ -38,6 +38,21 @@ def test_figures_match_a_direct_computation() -> None:
     assert u.boundary_uncertainty == pytest.approx(1 - confidence[band].mean() / 255)
 
 
+@pytest.mark.parametrize("low", [0.0, 0.3, 0.5, 0.77, 1.0])
+def test_figures_of_a_random_map_match_numpy_at_any_threshold(low: float) -> None:
+    """Thresholds that fall between two confidence steps (0.3 * 255 = 76.5) count exactly the
+    pixels under them."""
+    rng = np.random.default_rng(3)
+    class_map = rng.integers(0, 3, (37, 53), dtype=np.uint8)
+    confidence = rng.integers(0, 256, (37, 53), dtype=np.uint8)
+    u = image_uncertainty(class_map, confidence, low_confidence=low, fragments=0)
+    assert u.low_confidence_share == np.count_nonzero(confidence < low * 255) / confidence.size
+    assert u.mean_confidence == pytest.approx(confidence.mean() / 255, abs=1e-12)
+    window = np.lib.stride_tricks.sliding_window_view(np.pad(class_map, 2, mode="edge"), (5, 5))
+    band = window.max(axis=(2, 3)) != window.min(axis=(2, 3))
+    assert u.boundary_uncertainty == pytest.approx(1 - confidence[band].mean() / 255, abs=1e-12)
+
+
 def test_a_map_without_boundaries_has_no_boundary_uncertainty() -> None:
     u = image_uncertainty(
         np.ones((8, 8), np.uint8), np.full((8, 8), 128, np.uint8), low_confidence=0.6, fragments=0
