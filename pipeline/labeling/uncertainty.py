@@ -8,6 +8,7 @@ doubt sits (near boundaries, in speckle) and are recorded for the report and for
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -33,10 +34,11 @@ def image_uncertainty(
     low_confidence: float,
     fragments: int,
 ) -> ImageUncertainty:
-    # OpenCV's reductions: several times faster than NumPy's on a whole image, and exact
-    # (a mean is a sum over a count, a comparison with a fraction is rounded the right way).
+    # OpenCV's reductions: several times faster than NumPy's on a whole image, and exact.
     mean = cv2.mean(confidence)[0] / 255
-    low = cv2.countNonZero(cv2.compare(confidence, low_confidence * 255, cv2.CMP_LT))
+    # Under a fractional threshold t exactly where at most ceil(t) - 1: confidence is whole.
+    below = math.ceil(low_confidence * 255) - 1
+    low = cv2.countNonZero(cv2.threshold(confidence, below, 1, cv2.THRESH_BINARY_INV)[1])
     # Within 2 px (a 5x5 window) of another class: where the window's max and min class differ.
     band = cv2.compare(cv2.dilate(class_map, _BAND), cv2.erode(class_map, _BAND), cv2.CMP_NE)
     boundary = 1 - cv2.mean(confidence, mask=band)[0] / 255 if cv2.countNonZero(band) else 0.0
