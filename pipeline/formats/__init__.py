@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from pipeline.formats.coco import export_coco
@@ -43,11 +43,26 @@ def check_formats(formats: Sequence[str]) -> None:
         )
 
 
-def export(view: RunView, formats: Sequence[str], options: ExportOptions) -> tuple[str, ...]:
-    """Write each format in turn; returns the URIs written."""
+def export(
+    view: RunView,
+    formats: Sequence[str],
+    options: ExportOptions,
+    *,
+    coco_ahead: Mapping[str, Mapping[str, bytes]] | None = None,
+) -> tuple[str, ...]:
+    """Write each format in turn; returns the URIs written. ``coco_ahead``: COCO annotations
+    encoded as the images were labeled (``export_coco``)."""
     check_formats(formats)
     with _no_cycle_collection():
-        return tuple(uri for name in formats for uri in EXPORTERS[name](view, options))
+        return tuple(
+            uri
+            for name in formats
+            for uri in (
+                export_coco(view, options, ahead=coco_ahead)
+                if name == "coco"
+                else EXPORTERS[name](view, options)
+            )
+        )
 
 
 @contextmanager

@@ -10,7 +10,7 @@ so re-exporting, or exporting after an incremental run, keeps every id it had.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -58,10 +58,9 @@ def coco_images(part: Part) -> dict[str, dict[str, Any]]:
     }
 
 
-def coco_annotations(part: Part, images: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The part's regions as COCO annotations of ``images``, built column by column: a part
-    holds tens of thousands of regions, too many for a Python dict of each row first."""
-    regions = part.regions
+def coco_annotations(regions: pa.Table, images: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Region rows (a part's) as COCO annotations of ``images``, built column by column: a
+    part holds tens of thousands of regions, too many for a Python dict of each row first."""
     if not regions.num_rows:
         return []
     column = {name: regions.column(name).to_pylist() for name in _LIST_COLUMNS}
@@ -109,6 +108,15 @@ def coco_annotations(part: Part, images: dict[str, dict[str, Any]]) -> list[dict
     return annotations
 
 
+def encoded_annotations(regions: pa.Table, image_id: str, *, height: int, width: int) -> bytes:
+    """One image's region rows as its COCO annotations, JSON-encoded and comma-separated, as
+    an export writes them; encoded where the image is labeled, so that the run's export only
+    copies them (``export_coco``'s ``ahead``)."""
+    image = {"id": coco_id(image_id), "height": height, "width": width}
+    annotations = coco_annotations(regions, {image_id: image})
+    return orjson.dumps(annotations, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
+
+
 def coco_ids(hex_ids: pa.ChunkedArray) -> list[int]:
     """``coco_id`` of every id of a column, in a few array operations where every id has the
     16 hex digits ``stable_id`` writes (tens of thousands of ``int()`` calls otherwise)."""
@@ -143,11 +151,14 @@ def _polygons(
     parts = regions.values
     rings = parts.values
     coordinates = rings.values.to_numpy()
-    if np.array_equal(coordinates, np.trunc(coordinates)):
-        # Traced rings run on pixel corners: whole numbers, written as ints (half the time
-        # to write, a quarter fewer bytes).
-        coordinates = coordinates.astype(np.int32)
     region_at, part_at, ring_at = (a.offsets.to_numpy() for a in (regions, parts, rings))
+    # Traced rings run on pixel corners: a region whose coordinates are all whole numbers is
+    # written as ints (half the time to write, a quarter fewer bytes). Decided per region,
+    # so a region is written the same whatever else is exported with it.
+    fractional = np.concatenate(([0], np.cumsum(coordinates != np.trunc(coordinates))))
+    bounds = ring_at[part_at[region_at]]
+    whole = (fractional[bounds[1:]] == fractional[bounds[:-1]]).tolist()
+    exact = coordinates.astype(np.int32) if any(whole) else coordinates
     holed = np.concatenate(([0], np.cumsum(np.diff(part_at) != 1)))
     plain = (holed[region_at[1:]] == holed[region_at[:-1]]).tolist()
     polygon = pc.equal(geometry, "polygon").to_numpy(zero_copy_only=False).tolist()
@@ -156,7 +167,7 @@ def _polygons(
     ends = ring_at[np.minimum(first + 1, len(ring_at) - 1)].tolist()
     at = region_at.tolist()
     return [
-        [coordinates[starts[j] : ends[j]] for j in range(at[k], at[k + 1])]
+        [(exact if whole[k] else coordinates)[starts[j] : ends[j]] for j in range(at[k], at[k + 1])]
         if polygon[k] and plain[k]
         else None
         for k in range(len(regions))
@@ -177,11 +188,18 @@ def _areas_and_boxes(
     return mask_utils.area(merged), mask_utils.toBbox(merged)
 
 
-def export_coco(view: RunView, options: ExportOptions) -> tuple[str, ...]:
+def export_coco(
+    view: RunView, options: ExportOptions, *, ahead: Mapping[str, Mapping[str, bytes]] | None = None
+) -> tuple[str, ...]:
     """COCO lists every image before any annotation, so the run is read in two passes: its
     images files for the images, then its records for the annotations. Nothing is spooled:
-    a million images' annotations are tens of GB."""
+    a million images' annotations are tens of GB.
+
+    ``ahead``: annotations already encoded (``encoded_annotations``), by shard, then image id.
+    When they hold every image of the view, they are written as they are and no records file
+    is read: the same bytes, without the serial pass over every region at the end of a run."""
     uri = view.layout.export("coco.json")
+    encoded = ahead if ahead is not None and _holds_all(view, ahead) else None
     with view.layout.storage.write_stream(uri) as out:
         out.write(orjson.dumps({"info": coco_info(view)})[:-1] + b',"images":')
         images = JsonArray(out)
@@ -190,9 +208,29 @@ def export_coco(view: RunView, options: ExportOptions) -> tuple[str, ...]:
         images.close()
         out.write(b',"annotations":')
         annotations = JsonArray(out)
-        for part in view.parts(_COLUMNS):
-            annotations.extend(coco_annotations(part, coco_images(part)))
+        if encoded is None:
+            for part in view.parts(_COLUMNS):
+                annotations.extend(coco_annotations(part.regions, coco_images(part)))
+        else:
+            for part in view.parts(regions=None):
+                rows = part.images.select(["image_id", "shard", "status"]).to_pylist()
+                annotations.extend_encoded(
+                    [encoded[r["shard"]][r["image_id"]] for r in rows if r["status"] == "ok"]
+                )
         annotations.close()
         categories = coco_categories(view.class_names, view.background)
         out.write(b',"categories":' + orjson.dumps(categories) + b"}")
     return (uri,)
+
+
+def _holds_all(view: RunView, ahead: Mapping[str, Mapping[str, bytes]]) -> bool:
+    """Whether ``ahead`` has every labeled image of the view, each in the shard its latest
+    row is in (a failed image has no annotations)."""
+    for batch in view.rows.batches(("image_id", "shard", "status")):
+        rows = zip(*(batch[c].to_pylist() for c in ("image_id", "shard", "status")), strict=True)
+        if any(
+            status == "ok" and image_id not in ahead.get(shard, {})
+            for image_id, shard, status in rows
+        ):
+            return False
+    return True

@@ -27,6 +27,16 @@ class JsonArray:
         self.out.write(orjson.dumps(items, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1])
         self.empty = False
 
+    def extend_encoded(self, items: Sequence[bytes]) -> None:
+        """Items already encoded, each a comma-separated run of elements (or empty)."""
+        data = b",".join(item for item in items if item)
+        if not data:
+            return
+        if not self.empty:
+            self.out.write(b",")
+        self.out.write(data)
+        self.empty = False
+
     def append(self, item: Any) -> None:
         if not self.empty:
             self.out.write(b",")

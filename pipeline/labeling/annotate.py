@@ -15,7 +15,7 @@ from pipeline.config import RunConfig
 from pipeline.errors import PrelabelError
 from pipeline.formats import export, view_of
 from pipeline.formats.label_studio import check_image_urls
-from pipeline.labeling import progress
+from pipeline.labeling import coco_ahead, progress
 from pipeline.labeling.classes import label_space
 from pipeline.labeling.decode import IMAGE_EXTENSIONS, is_image_name
 from pipeline.labeling.listing import Listing, image_listing
@@ -216,7 +216,9 @@ def finish_run(plan: RunPlan) -> RunSummary:
     if "label-studio" in config.exports:
         notice = check_image_urls(view, config.export_options)  # before anything is written
         notes += [notice] if notice else []
-    exports = export(view, config.exports, config.export_options)
+    exports = export(
+        view, config.exports, config.export_options, coco_ahead=coco_ahead.take(plan.lease)
+    )
     counted = tally(view, {s.shard_id for s in plan.shards})
     engine = ", ".join(counted.engines) or None  # what labeled this pass's images
     finished = datetime.now(UTC)

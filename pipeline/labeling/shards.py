@@ -22,7 +22,7 @@ import torch
 
 import deeplab
 from pipeline.config import RunConfig
-from pipeline.labeling import progress
+from pipeline.labeling import coco_ahead, progress
 from pipeline.labeling.classes import label_space
 from pipeline.labeling.decode import DecodedImage, DecodeError, decode_image
 from pipeline.labeling.models import batch_size_for, load_predictor
@@ -54,6 +54,7 @@ class _Loaded:
 class _Outputs:
     regions: dict[str, pa.Table] = field(default_factory=dict)  # each image's rows, by id
     images: list[ImageRecord] = field(default_factory=list)
+    coco: dict[str, bytes] = field(default_factory=dict)  # each image's, when asked for
 
 
 def process_shard(shard: Shard, config: RunConfig) -> ShardStats:
@@ -132,6 +133,8 @@ def process_shard(shard: Shard, config: RunConfig) -> ShardStats:
         pa.concat_tables(regions) if regions else REGIONS_SCHEMA.empty_table(),
     )
     write_table(layout.storage, layout.images(shard.shard_id), images_table(out.images))
+    if "coco" in config.exports:
+        coco_ahead.keep(shard.lease, shard.shard_id, out.coco)
     progress.shard_saved(len(out.images))
     return shard_stats(shard.shard_id, (r.row() for r in out.images))
 
@@ -240,6 +243,7 @@ class _Labeler:
             class_names=self.space.names,
             policy=self.config.regions,
             low_confidence=self.config.low_confidence,
+            coco_size=(image.height, image.width) if "coco" in self.config.exports else None,
         )
         self.pending.append((row, traced))
 
@@ -261,6 +265,8 @@ class _Labeler:
                 )
             )
             self.out.regions[row.image_id] = result.rows
+            if result.coco is not None:
+                self.out.coco[row.image_id] = result.coco
             progress.advanced(1)
 
 

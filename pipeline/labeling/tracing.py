@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from pipeline.formats.coco import encoded_annotations
 from pipeline.geometry.policy import RegionPolicy
 from pipeline.geometry.regions import image_regions
 from pipeline.labeling.uncertainty import ImageUncertainty, image_uncertainty
@@ -38,6 +39,7 @@ class Traced:
     rows: pa.Table  # the image's rows of the run's regions table
     doubt: ImageUncertainty
     milliseconds: float  # the tracing itself, in the worker
+    coco: bytes | None  # the rows as encoded COCO annotations, when asked for
 
 
 def trace(
@@ -49,10 +51,12 @@ def trace(
     class_names: Sequence[str],
     policy: RegionPolicy,
     low_confidence: float,
+    coco_size: tuple[int, int] | None = None,
 ) -> Traced:
     """One image's rows of the regions table and its review figures; what a worker runs.
     The rows travel back as Arrow buffers, and the process that owns the model only
-    concatenates them."""
+    concatenates them. ``coco_size``: the image's height and width, to encode its COCO
+    annotations here too (``coco_ahead``)."""
     start = time.perf_counter()
     found = image_regions(
         class_map, confidence, image_id=image_id, policy=policy, low_confidence=low_confidence
@@ -61,7 +65,11 @@ def trace(
         class_map, confidence, low_confidence=low_confidence, fragments=found.fragments
     )
     rows = regions_table(found.columns, class_names, {image_id: lineage})
-    return Traced(rows, doubt, (time.perf_counter() - start) * 1000)
+    coco = None
+    if coco_size is not None:
+        height, width = coco_size
+        coco = encoded_annotations(rows, image_id, height=height, width=width)
+    return Traced(rows, doubt, (time.perf_counter() - start) * 1000, coco)
 
 
 def default_workers(device_type: str) -> int:
