@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
+from deeplab.scenes import scenes
 from pipeline.labeling.decode import DecodeError, decode_image, is_image_name
 
 LIMITS = {"max_side": 1024, "max_pixels": 10_000_000}
@@ -135,6 +137,34 @@ def test_bad_files_raise_decode_errors_naming_the_file(data: bytes, reason: str)
     with pytest.raises(DecodeError, match=reason) as err:
         decode_image("scans/0042.jpg", data, **LIMITS)
     assert str(err.value).startswith("scans/0042.jpg: ")
+
+
+@pytest.mark.parametrize("size", [(641, 479), (97, 131), (1, 1)])
+@pytest.mark.parametrize("subsampling", [0, 1, 2])
+@pytest.mark.parametrize("progressive", [False, True])
+def test_jpeg_pixels_are_pillows(
+    size: tuple[int, int], subsampling: int, progressive: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Colour JPEGs at full size are decoded by OpenCV: the pixels must be Pillow's."""
+    width, height = size
+    scene = next(scenes(5, 1, height=max(height, 8), width=max(width, 8))).image[:height, :width]
+    data = _encode(
+        Image.fromarray(scene), "JPEG", quality=90, subsampling=subsampling, progressive=progressive
+    )
+    calls = []
+    real = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: calls.append(1) or real(*a))
+    decoded = decode_image("s.jpg", data, **LIMITS)
+    assert calls
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert decoded.pixels.dtype == np.uint8 and np.array_equal(decoded.pixels, expected)
+    assert (decoded.width, decoded.height, decoded.mode, decoded.scale) == (width, height, "RGB", 1)
+
+
+def test_a_truncated_jpeg_is_refused_with_pillows_reason() -> None:
+    data = _encode(Image.fromarray(next(scenes(6, 1, height=64, width=64)).image), "JPEG")
+    with pytest.raises(DecodeError, match=r"not a readable image \(Truncated"):
+        decode_image("cut.jpg", data[: len(data) // 2], **LIMITS)
 
 
 def test_pixel_limit_is_checked_before_decoding() -> None:
