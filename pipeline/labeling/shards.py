@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import cv2
-import pyarrow as pa
 import torch
 
 import deeplab
@@ -26,12 +25,13 @@ from pipeline.labeling import coco_ahead, progress
 from pipeline.labeling.classes import label_space
 from pipeline.labeling.decode import DecodedImage, DecodeError, decode_image
 from pipeline.labeling.models import batch_size_for, load_predictor
+from pipeline.labeling.records_writer import RecordsWriter
 from pipeline.labeling.shard_plan import Shard, ShardStats, image_id_for, shard_stats
 from pipeline.labeling.tracing import Traced, default_workers, trace, tracer
 from pipeline.run.layout import RunLayout
 from pipeline.run.lease import verify as verify_lease
 from pipeline.run.records import ImageRecord
-from pipeline.run.tables import REGIONS_SCHEMA, images_table, write_table
+from pipeline.run.tables import images_table, write_table
 from pipeline.storage import ObjectInfo, StorageError, printable, storage_for
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,6 @@ class _Loaded:
 
 @dataclass(slots=True)
 class _Outputs:
-    regions: dict[str, pa.Table] = field(default_factory=dict)  # each image's rows, by id
     images: list[ImageRecord] = field(default_factory=list)
     coco: dict[str, bytes] = field(default_factory=dict)  # each image's, when asked for
 
@@ -96,7 +95,8 @@ def process_shard(shard: Shard, config: RunConfig) -> ShardStats:
         return _Loaded(item, None, reason, config.read_timeout * 1000, 0.0, retryable=True)
 
     buckets: dict[tuple[int, ...], list[_Loaded]] = defaultdict(list)
-    labeler = _Labeler(predictor, config, shard.shard_id, pool, ahead=2 * batch_size)
+    records = RecordsWriter(item.key for item in shard.items)
+    labeler = _Labeler(predictor, config, shard.shard_id, pool, records, ahead=2 * batch_size)
     reader = ThreadPoolExecutor(config.workers, thread_name_prefix="decode")
     try:
         loads = _bounded_map(
@@ -116,22 +116,20 @@ def process_shard(shard: Shard, config: RunConfig) -> ShardStats:
         for bucket in buckets.values():
             if bucket:
                 labeler.batch(bucket)
+        out = labeler.finish()
+        encoded = records.finish()
     finally:
         # A read stuck in the kernel cannot be called off: never wait on one to end.
         reader.shutdown(wait=False, cancel_futures=True)
-    out = labeler.finish()
+        records.abandon()
 
-    # Batches follow image sizes, not names: order rows by key so outputs don't depend on it.
+    # Batches follow image sizes, not names: order rows by key so outputs don't depend on it
+    # (the records writer orders them so too).
     out.images.sort(key=lambda r: r.key)
-    regions = [out.regions[r.image_id] for r in out.images if r.image_id in out.regions]
     layout = RunLayout(storage_for(config.out, config), config.out)
     verify_lease(layout.storage, layout.lease, shard.lease)
     # Records first: the images file is what the ledger reads, so it must come last.
-    write_table(
-        layout.storage,
-        layout.records(shard.shard_id),
-        pa.concat_tables(regions) if regions else REGIONS_SCHEMA.empty_table(),
-    )
+    layout.storage.write_atomic(layout.records(shard.shard_id), encoded)
     write_table(layout.storage, layout.images(shard.shard_id), images_table(out.images))
     if "coco" in config.exports:
         coco_ahead.keep(shard.lease, shard.shard_id, out.coco)
@@ -149,11 +147,12 @@ class _Labeler:
         config: RunConfig,
         shard_id: str,
         pool: Executor,
+        records: RecordsWriter,
         *,
         ahead: int,
     ) -> None:
         self.predictor, self.config, self.shard_id = predictor, config, shard_id
-        self.pool, self.ahead = pool, ahead
+        self.pool, self.records, self.ahead = pool, records, ahead
         self.space = label_space(
             predictor.meta.class_names,
             keep=config.classes,
@@ -166,6 +165,7 @@ class _Labeler:
 
     def failed(self, loaded: _Loaded) -> None:
         self.out.images.append(_failed(loaded, self.shard_id, self.predictor.meta, self.config))
+        self.records.add(loaded.item.key, None)
         progress.advanced(1, failed=1)
 
     def batch(self, batch: list[_Loaded]) -> None:
@@ -264,7 +264,7 @@ class _Labeler:
                     regions_ms=result.milliseconds,
                 )
             )
-            self.out.regions[row.image_id] = result.rows
+            self.records.add(row.key, result.rows)
             if result.coco is not None:
                 self.out.coco[row.image_id] = result.coco
             progress.advanced(1)
