@@ -2,8 +2,10 @@
 
 Tracing is Python work per region, so one thread holding the GIL cannot keep up with the
 model once images have hundreds of regions; processes use every core. The workers import
-numpy, OpenCV, pycocotools and pyarrow but never torch, so they start in well under a
-second, and a pool lives as long as the process that made it, across shards and runs.
+numpy, OpenCV, pycocotools, pyarrow and the COCO encoder (each image's annotations are
+encoded here too, for ``coco_ahead``) but never torch, so they start in well under a second
+(0.3 s to import), and a pool lives as long as the process that made it, across shards and
+runs.
 
 The workers trace while the next batch is in the model. On a CPU, where the forward already
 uses every core, they run at the lowest priority (``yielding``): the model's threads are never
@@ -38,7 +40,7 @@ from pipeline.run.tables import regions_table
 class Traced:
     rows: pa.Table  # the image's rows of the run's regions table
     doubt: ImageUncertainty
-    milliseconds: float  # the tracing itself, in the worker
+    milliseconds: float  # the tracing itself, in the worker (not the COCO encoding)
     coco: bytes | None  # the rows as encoded COCO annotations, when asked for
 
 
@@ -65,11 +67,12 @@ def trace(
         class_map, confidence, low_confidence=low_confidence, fragments=found.fragments
     )
     rows = regions_table(found.columns, class_names, {image_id: lineage})
+    milliseconds = (time.perf_counter() - start) * 1000
     coco = None
     if coco_size is not None:
         height, width = coco_size
         coco = encoded_annotations(rows, image_id, height=height, width=width)
-    return Traced(rows, doubt, (time.perf_counter() - start) * 1000, coco)
+    return Traced(rows, doubt, milliseconds, coco)
 
 
 def default_workers(device_type: str) -> int:
