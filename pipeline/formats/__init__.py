@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 
 from pipeline.formats.coco import export_coco
 from pipeline.formats.cvat import export_cvat
@@ -53,16 +54,9 @@ def export(
     """Write each format in turn; returns the URIs written. ``coco_ahead``: COCO annotations
     encoded as the images were labeled (``export_coco``)."""
     check_formats(formats)
+    exporters: dict[str, Exporter] = {**EXPORTERS, "coco": partial(export_coco, ahead=coco_ahead)}
     with _no_cycle_collection():
-        return tuple(
-            uri
-            for name in formats
-            for uri in (
-                export_coco(view, options, ahead=coco_ahead)
-                if name == "coco"
-                else EXPORTERS[name](view, options)
-            )
-        )
+        return tuple(uri for name in formats for uri in exporters[name](view, options))
 
 
 @contextmanager

@@ -64,28 +64,20 @@ def decode_image(uri: str, data: bytes, *, max_side: int, max_pixels: int) -> De
         if orientation in _SWAPS_AXES:
             width, height = height, width
         scale = min(1.0, max_side / max(width, height))
-        if image.format == "JPEG" and image.mode == "RGB" and scale == 1.0:
-            pixels = _jpeg_pixels(data, image.size) if orientation not in _TURNS else None
-            if pixels is not None:
-                return DecodedImage(
-                    uri=uri,
-                    content_hash=hashlib.sha256(data).hexdigest(),
-                    width=width,
-                    height=height,
-                    pixels=pixels,
-                    scale=1.0,
-                    mode="RGB",
-                    frames=frames,
+        plain = image.format == "JPEG" and image.mode == "RGB" and orientation not in _TURNS
+        pixels = _jpeg_pixels(data, image.size) if plain and scale == 1.0 else None
+        mode, rgb = image.mode, None
+        if pixels is None:
+            if image.format == "JPEG" and scale < 1.0:
+                # decode at a reduced DCT scale, still >= the target size, before any resize
+                image.draft(
+                    "RGB",
+                    (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                 )
-        if image.format == "JPEG" and scale < 1.0:
-            # decode at a reduced DCT scale, still >= the target size, before any resize
-            image.draft(
-                "RGB", (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-            )
-        image.load()
-        mode = image.mode
-        # exif_transpose copies the pixels even when it turns nothing: a quarter of a decode
-        rgb = _to_rgb(ImageOps.exif_transpose(image) if orientation in _TURNS else image)
+            image.load()
+            mode = image.mode
+            # exif_transpose copies the pixels even when it turns nothing: a quarter of a decode
+            rgb = _to_rgb(ImageOps.exif_transpose(image) if orientation in _TURNS else image)
     except DecodeError:
         raise
     except UnidentifiedImageError as exc:
@@ -95,14 +87,17 @@ def decode_image(uri: str, data: bytes, *, max_side: int, max_pixels: int) -> De
     except Exception as exc:  # a hostile file can make any decoder step raise anything
         raise DecodeError(f"{uri}: not a readable image ({exc})") from exc
     target = (max(1, round(width * scale)), max(1, round(height * scale)))
-    if rgb.size != target:
-        rgb = rgb.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    if rgb is not None:
+        if rgb.size != target:
+            rgb = rgb.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        pixels = np.asarray(rgb, dtype=np.uint8)
+    assert pixels is not None  # OpenCV's, else Pillow's
     return DecodedImage(
         uri=uri,
         content_hash=hashlib.sha256(data).hexdigest(),
         width=width,
         height=height,
-        pixels=np.asarray(rgb, dtype=np.uint8),
+        pixels=pixels,
         scale=target[0] / width,
         mode=mode,
         frames=frames,
