@@ -40,14 +40,17 @@ __all__ = [
 Shapes = Sequence[Sequence[Sequence[float] | npt.NDArray[Any]]]
 """Polygons, each its exterior then its holes, as flat x, y rings: tuples or arrays."""
 
-# A pixel's corners, counter-clockwise on screen (y down): TL, BL, BR, TR, as y << 32 | x.
-_PACKED_CORNERS = np.array([0, 1 << 32, (1 << 32) + 1, 1], np.int64)
+# A pixel's corners, counter-clockwise on screen (y down): TL, BL, BR, TR. Side c runs from
+# corner c to corner c + 1: down the left, east along the bottom, up the right, west along
+# the top.
+_CORNER_X = np.array([0, 0, 1, 1], np.int32)
+_CORNER_Y = np.array([0, 1, 1, 0], np.int32)
 # OpenCV traces a border with the object on its left. Stepping from one boundary pixel to
 # the next in direction d, the edge path passes the corner they share on the right of d:
 # the corner the path leaves the first pixel by, and arrives at the second by. Indexed by
 # 3 * (dx + 1) + (dy + 1); the centre entry is a one-pixel chain, walked all round.
-_LEAVE = np.zeros(9, np.int64)
-_ARRIVE = np.zeros(9, np.int64)
+_LEAVE = np.zeros(9, np.int8)
+_ARRIVE = np.zeros(9, np.int8)
 for (_dx, _dy), _arrive, _leave in [
     ((1, 0), 1, 2),
     ((-1, 0), 3, 0),
@@ -91,67 +94,76 @@ class EdgeRings:
 def edge_rings(chains: Sequence[npt.NDArray[Any]]) -> EdgeRings:
     """Edge rings of borders that ``cv2.findContours(..., cv2.CHAIN_APPROX_NONE)`` traced.
 
-    Each boundary pixel contributes the corners between the one the path arrives by and the
-    one it leaves by, counter-clockwise around the pixel; then only direction changes are
-    kept. An outer border's first pixel is its component's first in raster order. Points
-    along the path are packed as ``y << 32 | x``, so that each step is one integer.
+    Each boundary pixel contributes the sides from the corner the path arrives by to the one
+    it leaves by, counter-clockwise around the pixel. Everything follows per pixel, without
+    walking the path: a ring's corners are where its side changes direction (always between
+    two sides of one pixel; between pixels, when the next pixel's first side differs from the
+    last one's), and its crossings are the bottom and top sides among them. An outer border's
+    first pixel is its component's first in raster order.
     """
     lengths = np.fromiter((len(chain) for chain in chains), np.intp, len(chains))
-    pixels = np.concatenate(chains).reshape(-1, 2).astype(np.int64)
+    pixels = np.concatenate(chains).reshape(-1, 2)
     ends = np.cumsum(lengths)
     heads = ends - lengths
-    following = _cyclic(len(pixels), heads, ends, 1)
-    preceding = _cyclic(len(pixels), heads, ends, -1)
-    # Each pixel's step to the next; the step it was arrived by is its predecessor's.
-    leaving = _direction(pixels[following] - pixels)
-    arrive = _ARRIVE[leaving[preceding]]
-    steps = (_LEAVE[leaving] - arrive) % 4
-    steps[steps == 0] = 4  # leaving by the corner it arrived by: around the tip of a spur
-    owner = np.repeat(np.arange(len(pixels)), steps)
-    walked = np.cumsum(steps)
-    turn = np.arange(walked[-1]) - np.repeat(walked - steps, steps)
-    packed = pixels[:, 1] << 32 | pixels[:, 0]
-    path = packed[owner] + _PACKED_CORNERS[(arrive[owner] + turn) % 4]
-    path_ends = walked[ends - 1]
-    path_heads = np.concatenate(([0], path_ends[:-1]))
-    step = path[_cyclic(len(path), path_heads, path_ends, 1)] - path
-    turns = step != step[_cyclic(len(path), path_heads, path_ends, -1)]
-    ring_of_step = np.repeat(np.arange(len(chains)), path_ends - path_heads)
-    horizontal = np.flatnonzero(np.abs(step) == 1)
-    east = step[horizontal] == 1
-    x, row = path[horizontal] & 0xFFFFFFFF, path[horizontal] >> 32
+    following = np.empty_like(pixels)
+    following[:-1] = pixels[1:]
+    following[ends - 1] = pixels[heads]
+    step = following - pixels
+    leaving = 3 * step[:, 0] + step[:, 1] + 4
+    leave = _LEAVE[leaving]
+    arrive = _previous(_ARRIVE[leaving], heads, ends)
+    sides = (leave - arrive) & 3
+    sides[sides == 0] = 4  # leaving by the corner it arrived by: around the tip of a spur
+    # The pixel's first side turns from the last side of the one before, leave - 1 of it.
+    turned = arrive != ((_previous(leave, heads, ends) - 1) & 3)
+    x, y = pixels[:, 0], pixels[:, 1]
+    # Corners: the turning start of each side but the first, which only when it turns.
+    kept = sides - 1 + turned
+    seen = np.concatenate(([0], np.cumsum(kept)))
+    owner = np.repeat(np.arange(len(pixels)), kept)
+    corner = ((arrive + 1 - turned)[owner] + np.arange(seen[-1]) - seen[owner]) & 3
+    corners = np.stack((x[owner] + _CORNER_X[corner], y[owner] + _CORNER_Y[corner]), axis=1)
+    # Crossings: sides 1 (east along the bottom) and 3 (west along the top). Side 1 comes
+    # first when the path arrives by corner 0 or 1, side 3 first otherwise.
+    first = (~arrive) & 1  # how many sides into the pixel the first of them comes
+    at = np.flatnonzero(np.stack((first < sides, first + 2 < sides), axis=1).ravel())
+    pixel = at >> 1
+    east = (at & 1) == (arrive[pixel] >> 1)
     # Walking east the object is on the left, above the edge: its inside ends there.
-    sign = np.where(east, -1, 1)
-    ring = ring_of_step[horizontal]
-    crossings = Crossings(ring=ring, column=np.where(east, x, x - 1), row=row, sign=sign)
+    row = y[pixel].astype(np.int64) + east
+    ring = np.repeat(np.arange(len(chains)), lengths)[pixel]
+    crossings = Crossings(
+        ring=ring, column=x[pixel].astype(np.int64), row=row, sign=np.where(east, -1, 1)
+    )
     # Down each column a ring encloses (bottom - top) pixels: the sum of -sign * row.
-    area = np.abs(np.bincount(ring, weights=-sign * row, minlength=len(chains)))
-    corners = path[turns]
-    per_ring = np.bincount(ring_of_step[turns], minlength=len(chains))
-    unpacked = np.stack((corners & 0xFFFFFFFF, corners >> 32), axis=1).astype(np.int32)
+    total = np.concatenate(([0], np.cumsum(np.where(east, row, -row))))
+    bounds = np.searchsorted(ring, np.arange(len(chains) + 1))
     return EdgeRings(
-        corners=unpacked,
-        starts=np.concatenate(([0], np.cumsum(per_ring))),
-        area=np.rint(area).astype(np.int64),
+        corners=corners,
+        starts=seen[np.concatenate(([0], ends))],
+        area=np.abs(total[bounds[1:]] - total[bounds[:-1]]),
         first=pixels[heads].astype(np.int32),
         crossings=crossings,
     )
 
 
-def _cyclic(
-    size: int, heads: npt.NDArray[np.intp], ends: npt.NDArray[np.intp], shift: int
+def _previous(
+    values: npt.NDArray[np.int8], heads: npt.NDArray[np.intp], ends: npt.NDArray[np.intp]
+) -> npt.NDArray[np.int8]:
+    """Each value's predecessor's along its own closed ring."""
+    out = np.empty_like(values)
+    out[1:] = values[:-1]
+    out[heads] = values[ends - 1]
+    return out
+
+
+def _following(
+    size: int, heads: npt.NDArray[np.intp], ends: npt.NDArray[np.intp]
 ) -> npt.NDArray[np.intp]:
-    """Index of each point's neighbour ``shift`` (+1 or -1) along its own closed ring."""
-    index = np.arange(size) + shift
-    if shift > 0:
-        index[ends - 1] = heads
-    else:
-        index[heads] = ends - 1
+    """Index of each point's successor along its own closed ring."""
+    index = np.arange(1, size + 1)
+    index[ends - 1] = heads
     return index
-
-
-def _direction(step: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    return 3 * (step[:, 0] + 1) + step[:, 1] + 1
 
 
 def drawn_exactly(
@@ -209,7 +221,7 @@ def drawn_crossings(
     travel order, the position being column * height + row, the row the first pixel inside
     below it. ``unsure``: a crossing whose row could not be pinned down (never seen)."""
     point_heads = np.cumsum(lengths) - lengths
-    following = _cyclic(len(points), point_heads, point_heads + lengths, 1)
+    following = _following(len(points), point_heads, point_heads + lengths)
     x0, y0 = points[:, 0].astype(np.int64), points[:, 1].astype(np.int64)
     x1, y1 = x0[following], y0[following]
     columns = np.abs(x1 - x0)  # each edge crosses one column per unit it runs east or west
