@@ -248,6 +248,56 @@ def test_score_is_mean_confidence_over_the_pixels() -> None:
     assert region.score == pytest.approx(7.5 * 17 / 255)
 
 
+def reference_sums(region: Region, confidence: np.ndarray, low_confidence: float) -> tuple:
+    """Score and low-confidence share from the region's own RLE, decoded whole."""
+    height, width = confidence.shape
+    rle = {"size": [height, width], "counts": region.rle.encode("ascii")}
+    values = confidence[mask_utils.decode(rle).astype(bool)].astype(np.int64)
+    below = int(np.count_nonzero(values < round(low_confidence * 255)))
+    return int(values.sum()) / len(values) / 255, below / len(values)
+
+
+@pytest.mark.parametrize("low_confidence", [0.0, 0.3, 0.5, 0.77, 1.0])
+@pytest.mark.parametrize("fill_holes_below", [0, 40])
+def test_scores_and_low_confidence_shares_are_numpys(
+    low_confidence: float, fill_holes_below: int
+) -> None:
+    """Filled holes make regions overlap others (their islands), and regions touching the
+    top and bottom run across columns: each region's figures are still its own pixels'."""
+    rng = np.random.default_rng(7)
+    class_map = random_blobs(rng, shape=(61, 83), num_classes=4)
+    class_map[:, 40:43] = 3  # a band from top to bottom
+    confidence = rng.integers(0, 256, class_map.shape, dtype=np.uint8)
+    found = image_regions(
+        class_map,
+        confidence,
+        image_id="a",
+        policy=RegionPolicy(min_area=1, fill_holes_below=fill_holes_below),
+        low_confidence=low_confidence,
+    ).regions
+    assert len(found) > 10
+    for region in found:
+        expected = reference_sums(region, confidence, low_confidence)
+        assert (region.score, region.low_confidence_share) == expected
+
+
+def test_figures_of_a_region_past_int32_sums_are_exact() -> None:
+    """A run down the columns whose confidence sums past 2**31 is summed in float64,
+    exactly."""
+    class_map = np.ones((2900, 3000), np.uint8)  # one run from the top left ...
+    class_map[2800:, 2990:] = 2  # ... to here
+    rng = np.random.default_rng(3)
+    confidence = rng.integers(250, 256, class_map.shape, dtype=np.uint8)
+    confidence[:20] = rng.integers(0, 128, (20, 3000), dtype=np.uint8)
+    found = regions(class_map, confidence)
+    assert [r.class_id for r in found] == [1, 2]
+    assert found[0].score * (2990 * 2900 + 2800) * 255 > 2**31
+    for region in found:
+        assert (region.score, region.low_confidence_share) == reference_sums(
+            region, confidence, 0.5
+        )
+
+
 @pytest.mark.parametrize(
     ("class_map", "confidence", "message"),
     [
