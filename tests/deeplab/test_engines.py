@@ -97,14 +97,17 @@ def test_the_demo_at_openvinos_default_precision_agrees_with_float32(tmp_path: P
     images = [s.image for s in scenes(7, 6, height=240, width=320)]
     reference = deeplab.Predictor(model, meta, device="cpu", precision="float32").predict(images)
     fast = deeplab.Predictor(model, meta, device="cpu", engine="openvino", cache_dir=tmp_path)
+    predicted = fast.predict(images)
     agreement = np.mean(
-        [
-            (a.class_map == b.class_map).mean()
-            for a, b in zip(reference, fast.predict(images), strict=True)
-        ]
+        [(a.class_map == b.class_map).mean() for a, b in zip(reference, predicted, strict=True)]
     )
     print(f"{fast.precision}: {agreement:.4%} of pixels agree with torch float32")
     assert agreement >= 0.99
+    # Maps decoded in the graph carry the figures of their uint8 confidence, exactly.
+    assert any((p.confidence == 128).any() for p in predicted)  # on the threshold itself
+    for p in predicted:
+        assert p.mean_confidence == p.confidence.mean() / 255
+        assert p.low_confidence_share == np.mean(p.confidence < 128)
 
 
 def test_a_converted_model_is_kept_and_not_converted_again(
