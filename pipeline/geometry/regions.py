@@ -348,12 +348,20 @@ class _Masks:
         depth = cv2.CV_32S if confidence.size * 255 < 2**31 else cv2.CV_64F
         below = cv2.threshold(confidence, low_threshold - 1, 1, cv2.THRESH_BINARY_INV)[1]
         column, row = np.divmod(np.concatenate((self.starts, self.ends)), height)
-        after = np.minimum(column + 1, width)  # an index past the last column has row 0
+        # Down the columns to an index: every column before its own, then its own above it,
+        # as three reads of the table, flat (a tenth of the time of reads by row and column).
+        # An index past the last column has row 0: nothing of its own.
+        row_start = row * (width + 1)
+        reads = (
+            height * (width + 1) + column,
+            row_start + np.minimum(column + 1, width),
+            row_start + column,
+        )
         sums = []
         for values in (confidence, below):
-            table = cv2.integral(values, sdepth=depth)  # the sum above and left of each corner
-            # Down the columns to an index: every column before its own, then its own above it.
-            prefix = table[height, column] + table[row, after] - table[row, column]
+            table = cv2.integral(values, sdepth=depth).ravel()  # sums above and left of corners
+            before, own, above = (table.take(read) for read in reads)
+            prefix = before + own - above
             runs = prefix[len(self.starts) :] - prefix[: len(self.starts)]
             sums.append(np.add.reduceat(runs, self.first_run).astype(np.int64).tolist())
         pixels = np.add.reduceat(self.ends - self.starts, self.first_run).tolist()
