@@ -15,6 +15,7 @@ batches and tracing taking turns: 10.01 s against 10.48 s for 48 images (median 
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -132,8 +133,29 @@ def _worker_setup(yielding: bool) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # already so when started by _processes
     threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
     cv2.setNumThreads(1)
+    _reuse_freed_memory()
     if yielding:
         os.nice(19)
+
+
+def _reuse_freed_memory() -> None:
+    """Keep the memory an image's tracing frees for the next image's. Tracing allocates
+    image-sized buffers by the dozen (masks, OpenCV's copies, summed-area tables), and glibc
+    gives them back to the system and takes them again, zeroed, page by page: 600 page faults
+    per bench image, 1.3 of its 9.9 ms. With its thresholds raised, a worker holds at most
+    ``_KEPT`` bytes it does not use; an allocation larger than ``_MAPPED`` still gets its own
+    mapping, returned when freed. Other C libraries keep their own ways."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, _MAPPED)
+    mallopt(_M_TRIM_THRESHOLD, _KEPT)
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MAPPED, _KEPT = 64 << 20, 256 << 20
 
 
 def _exit_with(parent: int) -> None:
