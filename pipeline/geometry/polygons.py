@@ -290,24 +290,30 @@ def _slanted_rows(
 
 
 def simplified_all(
-    rings: Sequence[npt.NDArray[np.int32]], tolerance: float
-) -> list[npt.NDArray[np.int32]]:
-    """:func:`simplified` of every ring, with the per-ring Python kept to one call: an image
-    has hundreds of rings."""
-    if tolerance == 0:
-        return list(rings)
+    corners: npt.NDArray[np.int32],
+    starts: npt.NDArray[np.intp],
+    ends: npt.NDArray[np.intp],
+    tolerance: float,
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.intp]]:
+    """:func:`simplified` of the rings ``corners[starts[i]:ends[i]]``, as one array of points
+    and each ring's count of them, with the per-ring Python kept to one call: an image has
+    hundreds of rings."""
     approx = cv2.approxPolyDP
-    out: list[npt.NDArray[np.int32]] = []
-    for ring in rings:
-        simple = np.asarray(approx(ring, tolerance, True), np.int32).reshape(-1, 2)
-        out.append(ring if len(simple) < 3 else simple)
-    return out
+    bounds = zip(starts.tolist(), ends.tolist(), strict=True)
+    rings = [corners[a:b].reshape(-1, 1, 2) for a, b in bounds]
+    simple = [approx(ring, tolerance, True) for ring in rings] if tolerance else rings
+    lengths = np.fromiter(map(len, simple), np.intp, len(simple))
+    for i in np.flatnonzero(lengths < 3).tolist():  # kept exact
+        simple[i] = rings[i]
+        lengths[i] = len(rings[i])
+    points = np.concatenate(simple, dtype=np.int32) if simple else corners[:0]
+    return points.reshape(-1, 2), lengths
 
 
 def simplified(ring: npt.NDArray[np.int32], tolerance: float) -> npt.NDArray[np.int32]:
     """Douglas-Peucker at ``tolerance`` pixels; a ring it would shrink under 3 points stays
     exact, so 1-pixel regions and 1-pixel lines still rasterize to their pixels."""
-    return simplified_all([ring], tolerance)[0]
+    return simplified_all(ring, np.array([0]), np.array([len(ring)]), tolerance)[0]
 
 
 def flat(ring: npt.NDArray[np.int32]) -> Ring:

@@ -73,16 +73,14 @@ def image_regions(
     masks = _Masks.of(layout.region_of, layout.count, borders.rings.crossings, class_map.shape)
     pixels, confidence_sum, doubtful = masks.sums(confidence, round(low_confidence * 255))
     boxes = layout.boxes(borders.rings)
-    corners, starts = borders.rings.corners, borders.rings.starts
-    rings = [
-        corners[a:b]
-        for a, b in zip(
-            starts[layout.rings].tolist(), starts[layout.rings + 1].tolist(), strict=True
-        )
-    ]
-    simple = simplified_all(rings, policy.simplify_tolerance)
-    kept = np.fromiter((len(ring) for ring in simple), np.intp, len(simple))
-    points = np.concatenate(simple) if simple else np.zeros((0, 2), np.int32)
+    starts = borders.rings.starts
+    points, kept = simplified_all(
+        borders.rings.corners,
+        starts[layout.rings],
+        starts[layout.rings + 1],
+        policy.simplify_tolerance,
+    )
+    point_at = np.concatenate(([0], np.cumsum(kept))).tolist()
     # Rings that lost corners draw their traced ring's pixels or not: most are proven to,
     # the others' regions are measured.
     changed = np.diff(starts)[layout.rings] > kept
@@ -101,14 +99,14 @@ def image_regions(
     positions, ring_counts = layout.ring_positions(loose)
     chosen = loose.tolist()
     measured = polygon_ious(
-        [simple[j].reshape(-1) for j in positions.tolist()],
+        [points[point_at[j] : point_at[j + 1]].reshape(-1) for j in positions.tolist()],
         ring_counts,
         _fills(layout, borders, loose, positions, ring_counts, masks.rles, class_map.shape),
         [masks.rles[k] for k in chosen],
         pixels=[pixels[k] for k in chosen],
         boxes=[boxes[k] for k in chosen],
         shape=class_map.shape,
-        shapes=lambda i: layout.shapes(chosen[i], simple),
+        shapes=lambda i: layout.shapes(chosen[i], points, point_at),
     )
     for k, value in zip(loose.tolist(), measured, strict=True):
         fidelity[k] = value
@@ -273,12 +271,16 @@ class _Layout:
         return np.arange(int(counts.sum()), dtype=np.intp) + skip, counts
 
     def shapes(
-        self, region: int, simple: list[npt.NDArray[np.int32]]
+        self, region: int, points: npt.NDArray[np.int32], point_at: list[int]
     ) -> tuple[tuple[npt.NDArray[np.int32], ...], ...]:
-        """Region ``region``'s simplified rings, part by part, for measuring."""
+        """Region ``region``'s simplified rings, part by part, for measuring: ring i of
+        ``rings`` is ``points[point_at[i]:point_at[i + 1]]``."""
         parts = self.parts
         return tuple(
-            tuple(simple[i].reshape(-1) for i in range(parts[j], parts[j + 1]))
+            tuple(
+                points[point_at[i] : point_at[i + 1]].reshape(-1)
+                for i in range(parts[j], parts[j + 1])
+            )
             for j in range(self.polygons[region], self.polygons[region + 1])
         )
 

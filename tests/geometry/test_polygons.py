@@ -15,7 +15,7 @@ from pipeline.geometry.polygons import (
     drawn_exactly,
     edge_rings,
     polygons_from_mask,
-    simplified_all,
+    simplified,
 )
 from pipeline.run.records import Ring
 from tests.helpers import iou, rasterize
@@ -183,7 +183,7 @@ def proofs(mask: np.ndarray, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(0, bool), np.zeros(0, bool)
     rings = edge_rings(chains)
     traced = [rings.ring(i) for i in range(len(chains))]
-    simple = simplified_all(traced, tolerance)
+    simple = [simplified(ring, tolerance) for ring in traced]
     changed = np.flatnonzero([len(s) < len(t) for s, t in zip(simple, traced, strict=True)])
     if not len(changed):
         return np.zeros(0, bool), np.zeros(0, bool)
