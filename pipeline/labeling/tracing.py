@@ -10,7 +10,13 @@ runs.
 The workers trace while the next batch is in the model. On a CPU, where the forward already
 uses every core, they run at the lowest priority (``yielding``): the model's threads are never
 held up, and tracing fills the gaps between and inside its operators. Measured against
-batches and tracing taking turns: 10.01 s against 10.48 s for 48 images (median of 5).
+batches and tracing taking turns: 10.01 s against 10.48 s for 48 images (median of 5). The
+lowest priority is Linux's idle scheduling class where there is one, below nice 19: a
+worker at nice 19 still takes its weighted share of a core from the model's threads, one in
+the idle class runs when they leave a core idle. On the bench, prelabel / its forward went
+from 0.829-0.852 to 0.836-0.879, higher in each of five alternated pairs. The cost: beside
+other busy programs the workers get even less of the machine than at nice 19, and the run
+slows to the pace of what those programs leave.
 """
 
 from __future__ import annotations
@@ -136,6 +142,8 @@ def _worker_setup(yielding: bool) -> None:
     _reuse_freed_memory()
     if yielding:
         os.nice(19)
+        if hasattr(os, "SCHED_IDLE"):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
 def _reuse_freed_memory() -> None:

@@ -76,6 +76,10 @@ def test_yielding_workers_run_below_this_process_priority() -> None:
     here = os.getpriority(os.PRIO_PROCESS, 0)
     assert tracer(1, yielding=True).submit(os.getpriority, os.PRIO_PROCESS, 0).result(60) == 19
     assert tracer(1).submit(os.getpriority, os.PRIO_PROCESS, 0).result(60) == here
+    # Below nice 19 too: Linux's idle class never preempts the model's threads.
+    policy = tracer(1, yielding=True).submit(os.sched_getscheduler, 0).result(60)
+    assert policy == os.SCHED_IDLE
+    assert tracer(1).submit(os.sched_getscheduler, 0).result(60) == os.sched_getscheduler(0)
 
 
 def test_a_worker_reuses_the_memory_tracing_frees() -> None:
